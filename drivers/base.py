@@ -1,0 +1,340 @@
+"""The base of every driver: one connection, one lock, declared properties, typed errors.
+
+A driver is a subclass of :class:`Instrument` for one real instrument model. Simple settings and readings are
+declared once with :func:`control` and :func:`measurement` (command string, validation, parsing, docs), in the
+spirit of PyMeasure's ``Instrument.control``; anything with more logic is a plain method that uses
+:meth:`Instrument.write` and :meth:`Instrument.query`.
+
+Unlike PyMeasure, a value out of range is a ``ValueError`` raised before anything is sent (no silent clamping),
+an instrument's error reply is an :class:`~drivers.errors.InstrumentReplyError`, and pyvisa's timeout and
+connection failures become :class:`~drivers.errors.InstrumentTimeout` and
+:class:`~drivers.errors.InstrumentConnectionError` naming the instrument and the command.
+
+Protocols differ in how a command is acknowledged, so subclasses override two hooks:
+
+``_reply_to_write(command)``
+    What to read after a command that returns no value (nothing for plain SCPI, ``OK`` for a Coherent OBIS,
+    a status reply for a Zaber controller).
+``_read_reply(command)``
+    How to read and check the answer to a query (one line for SCPI, value then ``OK`` for an OBIS, ...).
+
+and may override ``_check_errors(command)``, called after every write when ``check_errors_after_write`` is set,
+to poll an error queue (``SYST:ERR?``) for instruments that do not acknowledge commands.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+import numpy as np
+import pyvisa
+import pyvisa.constants
+import pyvisa.errors
+
+from drivers.errors import (
+    InstrumentConnectionError,
+    InstrumentError,
+    InstrumentReplyError,
+    InstrumentTimeout,
+)
+
+Validator = Callable[[str, Any], Any]
+"""A validator takes the property name and the requested value and returns the value to send, or raises
+``ValueError`` naming the property, the value and what is allowed."""
+
+
+def strict_range(minimum: float, maximum: float, *, unit: str = "") -> Validator:
+    """Accept a real number in ``[minimum, maximum]``; anything else is a ``ValueError``.
+
+    Examples
+    --------
+    >>> strict_range(0, 1, unit="W")("power_w", 0.5)
+    0.5
+    """
+
+    def validate(name: str, value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: {value!r} is not a number") from None
+        if not np.isfinite(number) or not minimum <= number <= maximum:
+            raise ValueError(f"{name}: {value!r} is outside the allowed range {minimum:g} to {maximum:g} {unit}".rstrip())
+        return number
+
+    return validate
+
+
+def strict_integer_range(minimum: int, maximum: int) -> Validator:
+    """Accept an integer (a float with no fractional part too) in ``[minimum, maximum]``."""
+
+    def validate(name: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer, float, np.floating)):
+            raise ValueError(f"{name}: {value!r} is not an integer")
+        if float(value) != int(value):
+            raise ValueError(f"{name}: {value!r} is not an integer")
+        number = int(value)
+        if not minimum <= number <= maximum:
+            raise ValueError(f"{name}: {value!r} is outside the allowed range {minimum} to {maximum}")
+        return number
+
+    return validate
+
+
+def one_of(allowed: Sequence[Any]) -> Validator:
+    """Accept exactly one of ``allowed``."""
+
+    def validate(name: str, value: Any) -> Any:
+        if value not in allowed:
+            raise ValueError(f"{name}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+        return value
+
+    return validate
+
+
+def parse_bool(on: str = "ON", off: str = "OFF") -> Callable[[str], bool]:
+    """Parse an instrument's on/off reply (``1``/``0`` accepted too)."""
+
+    def parse(reply: str) -> bool:
+        text = reply.strip().upper()
+        if text in (on.upper(), "1"):
+            return True
+        if text in (off.upper(), "0"):
+            return False
+        raise ValueError(f"expected {on} or {off}")
+
+    return parse
+
+
+def control(
+    get_command: str,
+    set_command: str,
+    doc: str,
+    *,
+    validator: Validator | None = None,
+    parse: Callable[[str], Any] = float,
+    format_value: Callable[[Any], str] = str,
+) -> property:
+    """Declare a property that is read with ``get_command`` and written with ``set_command``.
+
+    ``set_command`` is a ``str.format`` template with one field, e.g. ``"SOUR:POW:LEV:IMM:AMPL {}"``; the value
+    goes through ``validator`` first and then ``format_value``. Replies go through ``parse``; a reply that
+    ``parse`` rejects is an :class:`InstrumentReplyError`.
+    """
+
+    def fget(self: Instrument) -> Any:
+        return self.query_parsed(get_command, parse)
+
+    def fset(self: Instrument, value: Any) -> None:
+        if validator is not None:
+            value = validator(_property_name(self, fget), value)
+        self.write(set_command.format(format_value(value)))
+
+    return property(fget, fset, doc=doc)
+
+
+def measurement(get_command: str, doc: str, *, parse: Callable[[str], Any] = float) -> property:
+    """Declare a read-only property read with ``get_command``."""
+
+    def fget(self: Instrument) -> Any:
+        return self.query_parsed(get_command, parse)
+
+    return property(fget, doc=doc)
+
+
+def _property_name(instrument: Instrument, getter: Callable[..., Any]) -> str:
+    for klass in type(instrument).__mro__:
+        for name, attribute in vars(klass).items():
+            if isinstance(attribute, property) and attribute.fget is getter:
+                return name
+    return "value"
+
+
+_resource_manager: pyvisa.ResourceManager | None = None
+_resource_manager_lock = threading.Lock()
+
+
+def default_resource_manager() -> pyvisa.ResourceManager:
+    """The process-wide pyvisa resource manager on the pure-Python backend (pyvisa-py).
+
+    pyvisa-py needs no vendor VISA library; it speaks TCP sockets, VXI-11, serial and USBTMC itself.
+    """
+    global _resource_manager
+    with _resource_manager_lock:
+        if _resource_manager is None:
+            _resource_manager = pyvisa.ResourceManager("@py")
+        return _resource_manager
+
+
+class Instrument:
+    """A connection to one instrument.
+
+    Parameters
+    ----------
+    resource
+        An open pyvisa resource, or anything with the same ``write``/``read``/``read_binary_values``/``close``
+        methods (the protocol tests pass a :class:`drivers.testing.ProtocolResource`).
+    name
+        How errors name this instrument, e.g. ``"laser (Coherent OBIS at TCPIP0::127.0.0.1::5001::SOCKET)"``.
+
+    All exchanges with the instrument hold the instance's lock, so a query's reply cannot be taken by another
+    thread's query.
+    """
+
+    model = "generic instrument"
+    read_termination = "\n"
+    write_termination = "\n"
+    check_errors_after_write = False
+
+    def __init__(self, resource: Any, *, name: str | None = None) -> None:
+        self._resource = resource
+        self.name = name or self.model
+        self.lock = threading.RLock()
+        self._closed = False
+
+    # -- opening and closing ------------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        resource_name: str,
+        *,
+        name: str | None = None,
+        timeout_s: float = 2.0,
+        resource_manager: pyvisa.ResourceManager | None = None,
+        **visa_options: Any,
+    ) -> Self:
+        """Open ``resource_name`` through pyvisa, connect, and return the driver.
+
+        ``visa_options`` are passed to ``open_resource`` (e.g. ``baud_rate=115200`` for ``ASRL`` resources).
+        """
+        label = name or f"{cls.model} at {resource_name}"
+        manager = resource_manager or default_resource_manager()
+        try:
+            resource = manager.open_resource(
+                resource_name,
+                read_termination=cls.read_termination,
+                write_termination=cls.write_termination,
+                timeout=int(timeout_s * 1000),
+                **visa_options,
+            )
+        except (pyvisa.errors.VisaIOError, ValueError, OSError) as error:
+            raise InstrumentConnectionError(label, f"cannot open {resource_name!r}: {error}") from error
+        instrument = cls(resource, name=label)
+        try:
+            instrument.connect()
+        except BaseException:
+            instrument._close_resource()
+            raise
+        return instrument
+
+    def connect(self) -> None:
+        """Protocol handshake after the connection opens (log-in, mode selection); nothing by default."""
+
+    def make_safe(self) -> None:
+        """Put the instrument in a safe state (laser off, output off, motion stopped); nothing by default."""
+
+    def close(self) -> None:
+        """Make the instrument safe, then close the connection. Safe to call more than once."""
+        if self._closed:
+            return
+        try:
+            self.make_safe()
+        finally:
+            self._close_resource()
+
+    def _close_resource(self) -> None:
+        self._closed = True
+        try:
+            self._resource.close()
+        except Exception:  # noqa: BLE001 - the connection may already be gone; closing must not raise
+            pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- exchanges ----------------------------------------------------------------------------------------
+    def write(self, command: str) -> None:
+        """Send a command that returns no value, then read its acknowledgement if the protocol has one."""
+        with self.lock, self._translate_errors(command):
+            self._resource.write(command)
+            self._reply_to_write(command)
+            if self.check_errors_after_write:
+                self._check_errors(command)
+
+    def query(self, command: str) -> str:
+        """Send a query and return its checked reply as text."""
+        with self.lock, self._translate_errors(command):
+            self._resource.write(command)
+            return self._read_reply(command)
+
+    def query_parsed(self, command: str, parse: Callable[[str], Any]) -> Any:
+        """Send a query and parse its reply; a reply ``parse`` rejects is an :class:`InstrumentReplyError`."""
+        reply = self.query(command)
+        try:
+            return parse(reply)
+        except (ValueError, TypeError, IndexError) as error:
+            raise InstrumentReplyError(self.name, f"unexpected reply: {error}", command=command, reply=reply) from None
+
+    def query_binary(self, command: str, *, datatype: str = "d", big_endian: bool = False) -> np.ndarray:
+        """Send a query answered with an IEEE 488.2 definite-length binary block and return it as an array."""
+        with self.lock, self._translate_errors(command):
+            self._resource.write(command)
+            try:
+                values = self._resource.read_binary_values(
+                    datatype=datatype, is_big_endian=big_endian, container=np.array, expect_termination=True
+                )
+            except (ValueError, TypeError, UnicodeDecodeError) as error:
+                raise InstrumentReplyError(self.name, f"malformed binary block: {error}", command=command) from None
+            return np.asarray(values)
+
+    def read_line(self, command: str) -> str:
+        """Read one reply line that belongs to ``command`` (used by the hooks)."""
+        try:
+            return self._resource.read()
+        except UnicodeDecodeError as error:
+            raise InstrumentReplyError(self.name, f"reply is not text: {error}", command=command) from None
+
+    # -- protocol hooks -----------------------------------------------------------------------------------
+    def _reply_to_write(self, command: str) -> None:
+        """Read the acknowledgement of a write; plain SCPI has none."""
+
+    def _read_reply(self, command: str) -> str:
+        """Read the reply to a query; plain SCPI answers with one line."""
+        return self.read_line(command).strip()
+
+    def _check_errors(self, command: str) -> None:
+        """Raise if the instrument's error queue holds an error caused by ``command``."""
+
+    # -- error translation ----------------------------------------------------------------------------------
+    def _translate_errors(self, command: str) -> _ErrorTranslation:
+        return _ErrorTranslation(self, command)
+
+
+class _ErrorTranslation:
+    """Context manager turning pyvisa and socket failures into typed instrument errors."""
+
+    def __init__(self, instrument: Instrument, command: str) -> None:
+        self.instrument = instrument
+        self.command = command
+
+    def __enter__(self) -> None:
+        if self.instrument._closed:
+            raise InstrumentConnectionError(self.instrument.name, "connection is closed", command=self.command)
+
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
+        if error is None or isinstance(error, InstrumentError):
+            return False
+        name, command = self.instrument.name, self.command
+        if isinstance(error, pyvisa.errors.VisaIOError):
+            if error.error_code == pyvisa.constants.StatusCode.error_timeout:
+                timeout_s = getattr(self.instrument._resource, "timeout", None)
+                within = f" within {timeout_s / 1000:g} s" if isinstance(timeout_s, (int, float)) else ""
+                raise InstrumentTimeout(name, f"no reply{within}", command=command) from error
+            raise InstrumentConnectionError(name, f"connection failed: {error.description}", command=command) from error
+        if isinstance(error, (ConnectionError, OSError, EOFError)):
+            raise InstrumentConnectionError(name, f"connection lost: {error}", command=command) from error
+        return False
