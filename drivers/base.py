@@ -7,7 +7,7 @@ spirit of PyMeasure's ``Instrument.control``; anything with more logic is a plai
 
 Unlike PyMeasure, a value out of range is a ``ValueError`` raised before anything is sent (no silent clamping),
 an instrument's error reply is an :class:`~drivers.errors.InstrumentReplyError`, and pyvisa's timeout and
-connection failures become :class:`~drivers.errors.InstrumentTimeout` and
+connection failures become :class:`~drivers.errors.InstrumentTimeoutError` and
 :class:`~drivers.errors.InstrumentConnectionError` naming the instrument and the command.
 
 Protocols differ in how a command is acknowledged, so subclasses override two hooks:
@@ -24,6 +24,7 @@ to poll an error queue (``SYST:ERR?``) for instruments that do not acknowledge c
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -37,7 +38,7 @@ from drivers.errors import (
     InstrumentConnectionError,
     InstrumentError,
     InstrumentReplyError,
-    InstrumentTimeout,
+    InstrumentTimeoutError,
 )
 
 Validator = Callable[[str, Any], Any]
@@ -60,7 +61,9 @@ def strict_range(minimum: float, maximum: float, *, unit: str = "") -> Validator
         except (TypeError, ValueError):
             raise ValueError(f"{name}: {value!r} is not a number") from None
         if not np.isfinite(number) or not minimum <= number <= maximum:
-            raise ValueError(f"{name}: {value!r} is outside the allowed range {minimum:g} to {maximum:g} {unit}".rstrip())
+            raise ValueError(
+                f"{name}: {value!r} is outside the allowed range {minimum:g} to {maximum:g} {unit}".rstrip()
+            )
         return number
 
     return validate
@@ -245,10 +248,9 @@ class Instrument:
 
     def _close_resource(self) -> None:
         self._closed = True
-        try:
+        # the connection may already be gone; closing must not raise
+        with contextlib.suppress(Exception):
             self._resource.close()
-        except Exception:  # noqa: BLE001 - the connection may already be gone; closing must not raise
-            pass
 
     def __enter__(self) -> Self:
         return self
@@ -333,7 +335,7 @@ class _ErrorTranslation:
             if error.error_code == pyvisa.constants.StatusCode.error_timeout:
                 timeout_s = getattr(self.instrument._resource, "timeout", None)
                 within = f" within {timeout_s / 1000:g} s" if isinstance(timeout_s, (int, float)) else ""
-                raise InstrumentTimeout(name, f"no reply{within}", command=command) from error
+                raise InstrumentTimeoutError(name, f"no reply{within}", command=command) from error
             raise InstrumentConnectionError(name, f"connection failed: {error.description}", command=command) from error
         if isinstance(error, (ConnectionError, OSError, EOFError)):
             raise InstrumentConnectionError(name, f"connection lost: {error}", command=command) from error

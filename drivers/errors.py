@@ -37,7 +37,7 @@ class InstrumentConnectionError(InstrumentError):
     """The instrument could not be reached, or the connection to it was lost."""
 
 
-class InstrumentTimeout(InstrumentError):
+class InstrumentTimeoutError(InstrumentError):
     """The instrument did not answer within its timeout."""
 
 

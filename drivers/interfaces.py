@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class Axis(str, Enum):
+class Axis(StrEnum):
     """Stage axes. Z points up, away from the chuck: a larger Z brings the wafer towards the probes/objective."""
 
     X = "x"
@@ -32,7 +32,7 @@ class Axis(str, Enum):
     Z = "z"
 
 
-class TriggerDirection(str, Enum):
+class TriggerDirection(StrEnum):
     """Which crossing of a trigger position fires the trigger."""
 
     RISING = ">="
@@ -111,7 +111,7 @@ class Stage(HardwareRole):
 
     @abc.abstractmethod
     def wait_idle(self, timeout_s: float) -> None:
-        """Block until all axes are idle; raise :class:`~drivers.errors.InstrumentTimeout` after ``timeout_s``
+        """Block until all axes are idle; raise :class:`~drivers.errors.InstrumentTimeoutError` after ``timeout_s``
         and :class:`~drivers.errors.StageFaultError` if an axis faulted."""
 
     @abc.abstractmethod

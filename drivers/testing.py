@@ -36,7 +36,7 @@ class ProtocolResource:
 
     def __init__(
         self,
-        exchanges: Sequence[tuple[bytes, bytes | None | object]],
+        exchanges: Sequence[tuple[bytes, bytes | object | None]],
         *,
         read_termination: str,
         write_termination: str,
@@ -127,7 +127,7 @@ class ProtocolResource:
 @contextmanager
 def expected_protocol(
     driver_class: type[InstrumentType],
-    exchanges: Sequence[tuple[bytes, bytes | None | object]],
+    exchanges: Sequence[tuple[bytes, bytes | object | None]],
     *,
     connect: bool = False,
     **driver_options: Any,

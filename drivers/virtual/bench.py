@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
@@ -187,7 +187,9 @@ class AxisModel:
         t3 = t2 + t_ramp
         self.phases.append(MotionPhase(start_s, start_um, 0.0, sign * acc))
         self.phases.append(MotionPhase(t1, start_um + sign * ramp_distance, sign * v_peak, 0.0))
-        self.phases.append(MotionPhase(t2, start_um + sign * (ramp_distance + v_peak * t_cruise), sign * v_peak, -sign * acc))
+        self.phases.append(
+            MotionPhase(t2, start_um + sign * (ramp_distance + v_peak * t_cruise), sign * v_peak, -sign * acc)
+        )
         self.phases.append(MotionPhase(t3, target_um, 0.0, 0.0))
         self.phases = self.phases[-16:]  # the recent past is enough to serve any acquisition in flight
         return t3
@@ -268,7 +270,7 @@ class SourceMeterModel:
 # -- faults ----------------------------------------------------------------------------------------------------
 
 
-class FaultKind(str, Enum):
+class FaultKind(StrEnum):
     """Faults the virtual station injects on request."""
 
     DISCONNECT = "disconnect"  # the server drops the connection instead of answering
@@ -468,7 +470,9 @@ class VirtualBench:
         if self.trigger is None:
             return
         axis = self.axes[self.trigger.axis]
-        crossing = axis.first_crossing_s(max(self.trigger.armed_at_s, self.now()), self.trigger.threshold_um, self.trigger.direction)
+        crossing = axis.first_crossing_s(
+            max(self.trigger.armed_at_s, self.now()), self.trigger.threshold_um, self.trigger.direction
+        )
         if crossing is not None:
             self.trigger_times_s.append(crossing)
             self.trigger_times_s = self.trigger_times_s[-64:]
@@ -486,7 +490,9 @@ class VirtualBench:
     def power_meter_w(self, correction_wavelength_nm: float) -> float:
         """Reading of a silicon power meter corrected for ``correction_wavelength_nm`` watching the laser."""
         true_power = float(self.laser_power_w(self.now()))
-        wrong_correction = silicon_responsivity(self.laser.wavelength_nm) / silicon_responsivity(correction_wavelength_nm)
+        wrong_correction = silicon_responsivity(self.laser.wavelength_nm) / silicon_responsivity(
+            correction_wavelength_nm
+        )
         noise = 1.0 + self.power_meter_noise_fraction * self._rng.standard_normal()
         return true_power * wrong_correction * noise + 2e-9 * self._rng.standard_normal()
 
@@ -547,4 +553,3 @@ def silicon_responsivity(wavelength_nm: float | np.ndarray) -> np.ndarray:
     wavelengths = np.array([350, 400, 450, 500, 600, 700, 800, 900, 960, 1000, 1100], dtype=float)
     amps_per_watt = np.array([0.10, 0.14, 0.20, 0.26, 0.36, 0.45, 0.53, 0.60, 0.62, 0.55, 0.10])
     return np.interp(wavelength_nm, wavelengths, amps_per_watt)
-
