@@ -205,11 +205,13 @@ class Instrument:
         name: str | None = None,
         timeout_s: float = 2.0,
         resource_manager: pyvisa.ResourceManager | None = None,
+        driver_options: dict[str, Any] | None = None,
         **visa_options: Any,
     ) -> Self:
         """Open ``resource_name`` through pyvisa, connect, and return the driver.
 
-        ``visa_options`` are passed to ``open_resource`` (e.g. ``baud_rate=115200`` for ``ASRL`` resources).
+        ``driver_options`` go to the driver's constructor (e.g. a stage's microstep size); ``visa_options`` go
+        to ``open_resource`` (e.g. ``baud_rate=115200`` for ``ASRL`` resources).
         """
         label = name or f"{cls.model} at {resource_name}"
         manager = resource_manager or default_resource_manager()
@@ -223,7 +225,7 @@ class Instrument:
             )
         except (pyvisa.errors.VisaIOError, ValueError, OSError) as error:
             raise InstrumentConnectionError(label, f"cannot open {resource_name!r}: {error}") from error
-        instrument = cls(resource, name=label)
+        instrument = cls(resource, name=label, **(driver_options or {}))
         try:
             instrument.connect()
         except BaseException:
