@@ -1,0 +1,134 @@
+"""The ``plmapper`` command line.
+
+Examples
+--------
+Check every instrument of the default (virtual) station::
+
+    plmapper station check
+
+Serve the virtual station for another program (prints its VISA resources, stops when stdin closes)::
+
+    plmapper station serve --profile resources/profiles/demo-2in.toml --time-scale 1
+
+Export a virtual wafer's ground truth and EL reference results (tests and model training only)::
+
+    plmapper station truth --profile resources/profiles/demo-2in.toml --out truth.h5
+
+Exit codes: 0 success, 1 a check failed, 2 bad arguments or input files, 3 an instrument error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+DEFAULT_STATION = RESOURCES / "stations" / "virtual.toml"
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INSTRUMENT = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    from drivers.errors import InstrumentError
+    from inspection.settings import SettingsError
+
+    try:
+        return int(args.run(args))
+    except SettingsError as error:
+        print(f"plmapper: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except InstrumentError as error:
+        print(f"plmapper: {error}", file=sys.stderr)
+        return EXIT_INSTRUMENT
+    except KeyboardInterrupt:
+        print("plmapper: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plmapper",
+        description="Micro-LED wafer PL inspection station.",
+        epilog="Run 'plmapper COMMAND --help' for examples.",
+    )
+    commands = parser.add_subparsers(title="commands")
+    station = commands.add_parser("station", help="check, serve or inspect the station").add_subparsers(
+        title="station commands"
+    )
+
+    check = station.add_parser(
+        "check",
+        help="exercise every instrument and report",
+        description="Exercise every instrument of the station through its interface and report what it measured.",
+        epilog="example: plmapper station check --station resources/stations/virtual.toml",
+    )
+    check.add_argument("--station", type=Path, default=DEFAULT_STATION, help="station file (default: %(default)s)")
+    check.set_defaults(run=_station_check)
+
+    serve = station.add_parser(
+        "serve",
+        help="run the virtual station",
+        description="Serve the virtual station on loopback ports until standard input closes or Ctrl-C.",
+        epilog="example: plmapper station serve --profile resources/profiles/demo-2in.toml --time-scale 1",
+    )
+    serve.add_argument("--profile", type=Path, required=True, help="wafer profile TOML")
+    serve.add_argument("--time-scale", type=float, default=1.0, help="1 = real time, 0 = as fast as possible")
+    serve.set_defaults(run=_station_serve)
+
+    truth = station.add_parser(
+        "truth",
+        help="export a virtual wafer's ground truth",
+        description="Write per-chip ground truth and EL reference results of a virtual wafer to HDF5.",
+        epilog="example: plmapper station truth --profile resources/profiles/demo-2in.toml --out truth.h5",
+    )
+    truth.add_argument("--profile", type=Path, required=True, help="wafer profile TOML")
+    truth.add_argument("--out", type=Path, required=True, help="HDF5 file to write")
+    truth.set_defaults(run=_station_truth)
+    return parser
+
+
+def _station_check(args: argparse.Namespace) -> int:
+    from drivers.station import connect, load_station_config
+    from inspection.station_check import CheckResult, run_station_check
+
+    config = load_station_config(args.station)
+    print(f"Station: {config.station.name} ({args.station})")
+    if config.profile_path() is not None:
+        print(f"Virtual station, wafer profile {config.profile_path()}")
+
+    def show(result: CheckResult) -> None:
+        mark = "ok  " if result.passed else "FAIL"
+        print(f"  [{mark}] {result.role:<13} {result.check:<16} {result.detail}", flush=True)
+
+    with connect(config) as station:
+        results = run_station_check(station, report=show)
+    failed = [result for result in results if not result.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def _station_serve(args: argparse.Namespace) -> int:
+    from drivers.virtual.station import main as serve
+
+    return serve(["--profile", str(args.profile), "--time-scale", str(args.time_scale)])
+
+
+def _station_truth(args: argparse.Namespace) -> int:
+    from drivers.virtual.profile import load_profile
+    from drivers.virtual.world import WaferWorld, export_truth
+
+    world = WaferWorld(load_profile(args.profile))
+    count = export_truth(world, args.out)
+    print(f"wrote ground truth of {count} chips to {args.out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
