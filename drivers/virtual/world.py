@@ -160,7 +160,9 @@ class WaferWorld:
         self._ripple_k = rng.uniform(2 * np.pi / 20_000, 2 * np.pi / 5_000, modes)[:, None] * _unit_vectors(rng, modes)
         self._ripple_phase = rng.uniform(0, 2 * np.pi, modes)
         self._chip_area_cm2 = grid.chip_width_um * grid.chip_height_um * 1e-8
-        perimeter_over_area = 2 * (grid.chip_width_um + grid.chip_height_um) / (grid.chip_width_um * grid.chip_height_um)
+        perimeter_over_area = (
+            2 * (grid.chip_width_um + grid.chip_height_um) / (grid.chip_width_um * grid.chip_height_um)
+        )
         self._a_nominal = profile.emitter.a_bulk + profile.emitter.sidewall_a_um * perimeter_over_area
         self.generation_per_w = 1.0 / (self._chip_area_cm2 * profile.emitter.unit_density_w_per_cm2)
         optics = profile.optics
@@ -434,9 +436,10 @@ class WaferWorld:
         """PL power density reaching the spectrometer (W/nm) with the spot at ``(x_um, y_um)``, noiseless."""
         wavelength_nm = np.asarray(wavelength_nm, dtype=np.float64)
         col_f, row_f = self._grid_units(np.array([x_um]), np.array([y_um]))
-        offsets = np.arange(-self._reach, self._reach + 1)
-        cols = (np.floor(col_f[0] + 0.5) + offsets[None, :] + 0 * offsets[:, None]).ravel()
-        rows = (np.floor(row_f[0] + 0.5) + offsets[:, None] + 0 * offsets[None, :]).ravel()
+        offsets = np.arange(-self._reach, self._reach + 1, dtype=np.int64)
+        col_offsets, row_offsets = np.meshgrid(offsets, offsets)
+        cols = int(np.floor(col_f[0] + 0.5)) + col_offsets.ravel()
+        rows = int(np.floor(row_f[0] + 0.5)) + row_offsets.ravel()
         keep = self.layout.in_box(cols, rows)
         truth = self.chip_truth(cols[keep], rows[keep])
         grid = self.layout.grid
@@ -625,7 +628,9 @@ def export_truth(world: WaferWorld, path: str | Path, *, rows_per_chunk: int = 5
             count += size
         if count:
             whole = {name: datasets[name][...] for name in ("el_light_v", "present", "el_forward_v", "el_reverse_a")}
-            group.create_dataset("el_result", data=classify_el(whole, world.profile.el_test), chunks=(65536,))
+            group.create_dataset(
+                "el_result", data=classify_el(whole, world.profile.el_test), chunks=(min(count, 65536),)
+            )
         out.attrs["profile_name"] = world.profile.name
         out.attrs["seed"] = world.seed
         out.attrs["placement_offset_x_um"] = world.placement.offset_x_um

@@ -1,0 +1,227 @@
+"""Physics of the virtual wafer: what each defect looks like to PL, the spectrometer and the EL prober."""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from drivers.virtual.profile import WaferProfile
+from drivers.virtual.world import DefectFlag, ElResult, WaferWorld, classify_el, export_truth
+from inspection.settings import SettingsError, from_mapping
+
+LOW_POWER_W = 0.0005
+HIGH_POWER_W = 0.02
+
+
+def make_profile(**sections: dict) -> WaferProfile:
+    """A 2" wafer at 200 µm pitch with defect rates high enough to find every kind among ~40 k chips."""
+    data = {
+        "seed": 5,
+        "wafer": {"pitch_x_um": 200.0, "pitch_y_um": 200.0, "chip_width_um": 60.0, "chip_height_um": 60.0},
+        "defects": {
+            "dead_fraction": 0.02,
+            "dim_fraction": 0.02,
+            "leaky_fraction": 0.02,
+            "missing_fraction": 0.01,
+            "el_open_fraction": 0.01,
+            "el_series_fraction": 0.01,
+            "particles_per_cm2": 0.5,
+            "scratches_per_cm2": 0.2,
+        },
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return from_mapping(WaferProfile, data)
+
+
+@pytest.fixture(scope="module")
+def world() -> WaferWorld:
+    return WaferWorld(make_profile())
+
+
+@pytest.fixture(scope="module")
+def table(world: WaferWorld) -> dict[str, np.ndarray]:
+    return world.truth_rows(0, world.layout.row_count)
+
+
+def only(table: dict[str, np.ndarray], flag: DefectFlag) -> np.ndarray:
+    """Chips whose only defect is ``flag``."""
+    return table["present"] & (table["flags"] == np.uint16(flag))
+
+
+def efficiency(world: WaferWorld, table: dict[str, np.ndarray], chips: np.ndarray, power_w: float) -> np.ndarray:
+    truth = world.chip_truth(table["col"][chips], table["row"][chips])
+    return world.chip_pl_v(truth, power_w * truth.excitation) / power_w
+
+
+def test_same_seed_same_wafer_other_seed_other_wafer(world: WaferWorld) -> None:
+    cols, rows = world.layout.usable_chips()
+    again = WaferWorld(make_profile()).chip_truth(cols, rows)
+    first = world.chip_truth(cols, rows)
+    np.testing.assert_array_equal(first.flags, again.flags)
+    np.testing.assert_array_equal(first.wavelength_nm, again.wavelength_nm)
+    assert world.placement == WaferWorld(make_profile()).placement
+    different = WaferWorld(from_mapping(WaferProfile, {"seed": 6, "wafer": {"pitch_x_um": 200.0, "pitch_y_um": 200.0}}))
+    assert not np.array_equal(different.chip_truth(cols, rows).a_coeff, first.a_coeff)
+
+
+def test_defect_rates_match_profile(table: dict[str, np.ndarray]) -> None:
+    on_wafer = table["flags"].size
+    for flag, rate in [(DefectFlag.DEAD, 0.02), (DefectFlag.LEAKY, 0.02), (DefectFlag.MISSING, 0.01)]:
+        fraction = np.count_nonzero(table["flags"] & np.uint16(flag)) / on_wafer
+        assert rate * 0.8 < fraction < rate * 1.6, (flag, fraction)
+
+
+def test_leaky_chip_is_dark_at_low_power_and_almost_normal_at_high_power(world, table) -> None:
+    good = only(table, DefectFlag.NONE)
+    leaky = only(table, DefectFlag.LEAKY)
+    assert leaky.sum() > 50
+    ratio_good = efficiency(world, table, good, LOW_POWER_W) / efficiency(world, table, good, HIGH_POWER_W)
+    ratio_leaky = efficiency(world, table, leaky, LOW_POWER_W) / efficiency(world, table, leaky, HIGH_POWER_W)
+    # the published signature: the low/high efficiency ratio of a leaky chip is far below a good chip's ...
+    assert np.percentile(ratio_leaky, 95) < 0.5 * np.percentile(ratio_good, 5)
+    # ... while at high power it looks nearly normal
+    high_leaky = efficiency(world, table, leaky, HIGH_POWER_W)
+    high_good = efficiency(world, table, good, HIGH_POWER_W)
+    assert np.median(high_leaky) > 0.6 * np.median(high_good)
+
+
+def test_dim_chip_is_dim_at_every_power(world, table) -> None:
+    good, dim = only(table, DefectFlag.NONE), only(table, DefectFlag.DIM)
+    for power in (LOW_POWER_W, HIGH_POWER_W):
+        assert np.median(efficiency(world, table, dim, power)) < 0.7 * np.median(efficiency(world, table, good, power))
+
+
+def test_el_only_failures_have_no_pl_signature(world, table) -> None:
+    good = only(table, DefectFlag.NONE)
+    spread = np.percentile(efficiency(world, table, good, HIGH_POWER_W), [1, 99])
+    for flag in (DefectFlag.EL_OPEN, DefectFlag.EL_SERIES_RESISTANCE):
+        chips = only(table, flag)
+        assert chips.sum() > 20
+        values = efficiency(world, table, chips, HIGH_POWER_W)
+        assert np.all((values > spread[0] * 0.9) & (values < spread[1] * 1.1))
+
+
+def test_smaller_chips_lose_more_to_sidewalls() -> None:
+    big = WaferWorld(make_profile(wafer={"chip_width_um": 60.0, "chip_height_um": 60.0}))
+    small = WaferWorld(make_profile(wafer={"chip_width_um": 10.0, "chip_height_um": 10.0}))
+    col, row = big.layout.anchor_index
+    assert small.chip_truth([col], [row]).a_coeff[0] > 3 * big.chip_truth([col], [row]).a_coeff[0]
+
+
+def test_dead_chip_gives_background_only_and_missing_chip_nothing(world, table) -> None:
+    good, dead, missing = only(table, DefectFlag.NONE), only(table, DefectFlag.DEAD), only(table, DefectFlag.MISSING)
+
+    def signal_at(chips: np.ndarray) -> np.ndarray:
+        x, y = table["x_um"][chips][:20], table["y_um"][chips][:20]
+        return world.pl_signal_clean_v(x, y, np.full(x.shape, HIGH_POWER_W))
+
+    good_v = signal_at(good)
+    dead_v = signal_at(dead)
+    scatter_v = world.profile.optics.scatter_v_per_w * HIGH_POWER_W
+    np.testing.assert_allclose(dead_v, scatter_v, rtol=0.01)  # filtered laser leak from the chip surface only
+    assert dead_v.max() < 0.01 * good_v.min()
+    np.testing.assert_allclose(signal_at(missing), 0.0, atol=1e-9)
+    noisy = world.pl_signal_v(table["x_um"][dead][:20], table["y_um"][dead][:20], HIGH_POWER_W, np.zeros(20))
+    assert np.all(np.abs(noisy - world.profile.optics.background_v - scatter_v) < 5 * world.profile.optics.read_noise_v)
+
+
+def test_line_signal_is_periodic_at_the_chip_pitch(world) -> None:
+    pitch = world.layout.grid.pitch_x_um
+    x_chip, y_chip = world.layout.chip_center_um(*world.layout.anchor_index)
+    x = np.linspace(-5000, 5000, 20000) + x_chip
+    signal = world.pl_signal_clean_v(x, np.full(x.shape, y_chip), np.full(x.shape, HIGH_POWER_W))
+    spectrum = np.abs(np.fft.rfft(signal - signal.mean()))
+    frequency = np.fft.rfftfreq(x.size, d=x[1] - x[0])
+    assert abs(frequency[np.argmax(spectrum)] - 1 / pitch) < 0.02 / pitch
+    # peaks sit on chip centres
+    peaks = x[(signal > 0.5 * signal.max())]
+    assert np.all(np.abs(((peaks - x_chip + pitch / 2) % pitch) - pitch / 2) < 30.0)
+
+
+def test_spectrum_peaks_at_the_chip_wavelength(world, table) -> None:
+    wavelengths = np.arange(400.0, 520.0, 0.05)
+    chips = np.flatnonzero(only(table, DefectFlag.NONE))[:10]
+    for chip in chips:
+        spectrum = world.pl_spectrum_w_per_nm(table["x_um"][chip], table["y_um"][chip], HIGH_POWER_W, wavelengths)
+        assert abs(wavelengths[np.argmax(spectrum)] - table["wavelength_nm"][chip]) < 0.1
+        half = wavelengths[spectrum > spectrum.max() / 2]
+        assert abs((half[-1] - half[0]) - table["fwhm_nm"][chip]) < 0.2
+
+
+def test_wavelength_map_has_a_radial_gradient(table) -> None:
+    good = only(table, DefectFlag.NONE)
+    radius = np.hypot(table["x_um"], table["y_um"])[good]
+    wavelength = table["wavelength_nm"][good]
+    centre = wavelength[radius < 5000].mean()
+    edge = wavelength[radius > 20000].mean()
+    assert 2.0 < edge - centre < 4.0  # profile: 3 nm centre to edge
+
+
+def test_el_reference_results(world, table) -> None:
+    result = classify_el(table, world.profile.el_test)
+    good = only(table, DefectFlag.NONE)
+    assert np.mean(result[good] == ElResult.PASS) > 0.99
+    assert np.all(result[only(table, DefectFlag.EL_OPEN)] == ElResult.OPEN)
+    assert np.all(result[only(table, DefectFlag.EL_SERIES_RESISTANCE)] == ElResult.FORWARD_VOLTAGE)
+    assert np.all(result[only(table, DefectFlag.LEAKY)] == ElResult.LEAKAGE)
+    assert np.all(result[only(table, DefectFlag.DEAD)] == ElResult.DEAD)
+    assert np.all(result[only(table, DefectFlag.MISSING)] == ElResult.MISSING)
+    vf = table["el_forward_v"][good]
+    assert 2.8 < np.median(vf) < 3.2
+
+
+def test_export_truth_writes_every_chip(tmp_path, world) -> None:
+    small = WaferWorld(make_profile(wafer={"pitch_x_um": 1000.0, "pitch_y_um": 1000.0}))
+    count = export_truth(small, tmp_path / "truth.h5")
+    assert count == small.layout.physical_chip_count
+    with h5py.File(tmp_path / "truth.h5", "r") as stored:
+        chips = stored["chips"]
+        assert chips["col"].shape == (count,)
+        assert set(np.unique(chips["el_result"][...])) <= {int(result) for result in ElResult}
+        assert stored.attrs["seed"] == small.seed
+    assert not (tmp_path / "truth.h5.partial").exists()
+
+
+def test_bad_profile_lists_every_problem() -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_mapping(
+            WaferProfile,
+            {"wafer": {"diameter_mm": 90.0, "pitch_x_um": -5}, "defects": {"leak_strength": [5.0, 1.0]}, "seedd": 1},
+        )
+    text = str(caught.value)
+    assert "wafer.diameter_mm: 90.0 is not one of" in text
+    assert "wafer.pitch_x_um: -5 is outside the allowed range" in text
+    assert "seedd: unknown setting" in text
+    with pytest.raises(SettingsError, match=r"defects.leak_strength: \[5.0, 1.0\] must be \[low, high\]"):
+        from_mapping(WaferProfile, {"defects": {"leak_strength": [5.0, 1.0]}})
+
+
+def test_eight_inch_world_is_created_fast_and_small() -> None:
+    import tracemalloc
+
+    profile = from_mapping(
+        WaferProfile,
+        {
+            "wafer": {
+                "diameter_mm": 200.0,
+                "pitch_x_um": 20.0,
+                "pitch_y_um": 20.0,
+                "chip_width_um": 15.0,
+                "chip_height_um": 15.0,
+            }
+        },
+    )
+    tracemalloc.start()
+    started = time.perf_counter()
+    world = WaferWorld(profile)
+    count = world.layout.chip_count
+    elapsed = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert 70e6 < count < 80e6
+    assert elapsed < 10.0  # issue bound; typically milliseconds
+    assert peak < 2 * 1024**3
