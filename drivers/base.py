@@ -25,6 +25,8 @@ to poll an error queue (``SYST:ERR?``) for instruments that do not acknowledge c
 from __future__ import annotations
 
 import contextlib
+import select
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -334,6 +336,10 @@ class _ErrorTranslation:
             return False
         name, command = self.instrument.name, self.command
         if isinstance(error, pyvisa.errors.VisaIOError):
+            if error.error_code == pyvisa.constants.StatusCode.error_timeout and connection_closed_by_peer(
+                self.instrument._resource
+            ):
+                raise InstrumentConnectionError(name, "connection closed by the instrument", command=command) from error
             if error.error_code == pyvisa.constants.StatusCode.error_timeout:
                 timeout_s = getattr(self.instrument._resource, "timeout", None)
                 within = f" within {timeout_s / 1000:g} s" if isinstance(timeout_s, (int, float)) else ""
@@ -342,3 +348,22 @@ class _ErrorTranslation:
         if isinstance(error, (ConnectionError, OSError, EOFError)):
             raise InstrumentConnectionError(name, f"connection lost: {error}", command=command) from error
         return False
+
+
+def connection_closed_by_peer(resource: Any) -> bool:
+    """True if ``resource`` is a pyvisa-py raw socket whose other end has closed the connection.
+
+    pyvisa-py reads a socket the peer has closed as "no data yet" until the timeout, so a dropped connection
+    looks like a silent instrument. After a timeout, a zero-length peek at the socket tells the two apart.
+    Anything that is not a pyvisa-py socket session (serial ports, protocol-test resources) answers False.
+    """
+    sessions = getattr(getattr(resource, "visalib", None), "sessions", None)
+    session = sessions.get(getattr(resource, "session", None)) if isinstance(sessions, dict) else None
+    sock = getattr(session, "interface", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:  # reset or already closed: gone either way
+        return True

@@ -83,7 +83,7 @@ def make_bench(
 def serve_twin(twin_class: type[InstrumentTwin], bench: VirtualBench) -> Iterator[str]:
     """Serve ``twin_class`` on a free loopback port; yield its VISA resource string."""
     server = TwinServer(twin_class(bench), bench)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"TCPIP0::{LOOPBACK}::{server.port}::SOCKET"
