@@ -1,0 +1,558 @@
+"""Virtual Keithley DMM6500 in digitize mode, sampling the bench's photodetector voltage.
+
+Speaks the subset :mod:`drivers.keithley_dmm6500` uses, byte for byte: ``\\n`` after every reply; no reply to a
+command; SCPI long and short forms (``:TRIGger:BLOCk:MDIGitize`` = ``:TRIG:BLOC:MDIG``, optional ``SENSe``); a
+rejected command or query is silent and leaves ``<code>,"<message>;1;<date time>"`` in the error queue, read with
+``:SYST:ERR?`` (``0,"No error;0;0 0"`` when empty). Binary data (``:FORM:DATA REAL|SREAL``) is an indefinite-length
+block ``#0<bytes>\\n`` in the byte order of ``:FORM:BORD`` (``SWAP`` = little-endian, the power-on default).
+
+Trigger model
+-------------
+Blocks are built with ``:TRIG:LOAD "Empty"`` and ``:TRIG:BLOC:BUFF:CLE`` / ``:WAIT <n>, EXT[, ENT|NEV]`` /
+``:MDIG <n>, "defbuffer1", <count>|AUTO``; ``:INIT`` runs them in order. ``:INIT`` records the arm time; with a
+wait block the acquisition starts at the first trigger the bench recorded at or after it
+(:meth:`~drivers.virtual.bench.VirtualBench.first_trigger_after`, fired by the stage twin's position trigger);
+sample ``i`` is taken at ``t_start + i / f_s``. Once the start is known the twin registers
+``bench.hold_busy_until("detector", t_end)`` and settles the clock again, so at time scale 0 the acquisition is
+complete by the next command. The samples are ``bench.detector_signal_v(t)``, computed once per acquisition (at the
+first command after it completes) and cached, so serving a line costs a slice and a ``tobytes``.
+
+Limits of the twin: one line buffer (``defbuffer1``; DC readings go to ``defbuffer2`` and are only counted), no
+compound commands (``;``), only the ``"Empty"`` template, only the external input as a wait event (``NEVer`` is
+treated like ``ENTer``: edges before ``:INIT`` never start a line), and only the digitize-voltage function can fill
+the line buffer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from drivers.virtual.bench import VirtualBench
+from drivers.virtual.server import InstrumentTwin
+
+OVERFLOW_READING_V = 9.9e37
+LINE_BUFFER = "defbuffer1"
+DC_BUFFER = "defbuffer2"
+RANGES_V = (0.1, 1.0, 10.0, 100.0, 1000.0)
+MAX_BUFFER_POINTS = 7_000_000
+MIN_BUFFER_POINTS = 10
+
+
+# -- SCPI header matching (shared with the other SCPI twins in this package) ----------------------------------------
+
+
+def scpi_header(pattern: str) -> re.Pattern[str]:
+    """Compile an SCPI header pattern in manual notation into a regex that matches long and short forms.
+
+    Nodes are separated by ``:``; ``[NODE]`` is optional; ``A|B`` are alternatives; the upper-case part of a node
+    is its short form. A leading ``:`` in the header is optional; matching ignores case.
+
+    Examples
+    --------
+    >>> bool(scpi_header("[SENSe]:DIGitize:VOLTage:SRATe").match(":DIG:VOLT:SRAT"))
+    True
+    >>> bool(scpi_header("TRACe:[DATA]:X").match(":TRACE:DATA:X"))
+    True
+    """
+    parts = []
+    for node in pattern.strip(":").split(":"):
+        optional = node.startswith("[") and node.endswith("]")
+        forms: set[str] = set()
+        for alternative in node.strip("[]").split("|"):
+            short = re.match(r"[A-Z0-9*]*", alternative)
+            forms.add(alternative.upper())
+            if short and short.group(0):
+                forms.add(short.group(0))
+        body = "(?::(?:" + "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)) + "))"
+        parts.append(body + "?" if optional else body)
+    return re.compile("^" + "".join(parts) + "$", re.IGNORECASE)
+
+
+def split_command(command: str) -> tuple[str, bool, str]:
+    """``':TRAC:ACT? "defbuffer1"'`` → (``':TRAC:ACT'``, True, ``'"defbuffer1"'``).
+
+    The header always gets a leading ``:`` (``*IDN?`` → ``:*IDN``) so :func:`scpi_header` patterns match it.
+    """
+    header, _, arguments = command.strip().partition(" ")
+    query = header.endswith("?")
+    header = header.removesuffix("?")
+    if not header.startswith(":"):
+        header = ":" + header
+    return header, query, arguments.strip()
+
+
+def split_arguments(arguments: str) -> list[str]:
+    """Comma-separated parameters, unquoted (``'1, "defbuffer1", AUTO'`` → ``['1', 'defbuffer1', 'AUTO']``)."""
+    if not arguments:
+        return []
+    return [part.strip().strip('"').strip("'") for part in arguments.split(",")]
+
+
+def matches_mnemonic(value: str, mnemonic: str) -> bool:
+    """True if ``value`` is the long or short form of ``mnemonic`` in manual notation (``RISing``)."""
+    short = re.match(r"[A-Z0-9]*", mnemonic)
+    return value.upper() in {mnemonic.upper(), short.group(0) if short else mnemonic.upper()}
+
+
+class ScpiError(Exception):
+    """A command the instrument rejects: queued as ``code,"message"``, no reply."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+
+
+def parse_number(text: str, name: str, minimum: float, maximum: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScpiError(-104, "Data type error") from None
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        raise ScpiError(-222, "Data out of range")
+    return value
+
+
+# -- the twin ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Acquisition:
+    """One run of the trigger model that fills the line buffer."""
+
+    armed_at_s: float
+    waits_for_trigger: bool
+    count: int
+    sample_rate_hz: float
+    start_s: float | None = None
+    aborted_count: int | None = None  # samples kept when :ABOR stopped it early
+    samples_v: np.ndarray | None = None  # cached once complete
+
+    def acquired(self, now_s: float) -> int:
+        if self.start_s is None or now_s < self.start_s:
+            taken = 0
+        else:
+            # sample i is taken at start + i/fs; the small epsilon keeps exact instants from rounding down
+            taken = min(self.count, math.floor((now_s - self.start_s) * self.sample_rate_hz + 1e-9) + 1)
+        return taken if self.aborted_count is None else min(taken, self.aborted_count)
+
+    def end_s(self) -> float | None:
+        return None if self.start_s is None else self.start_s + self.count / self.sample_rate_hz
+
+
+Handler = Callable[[bool, str], str | bytes | None]
+
+
+class DMM6500Twin(InstrumentTwin):
+    """The DMM6500 SCPI protocol over the shared bench (role ``"detector"``)."""
+
+    role = "detector"
+    input_termination = b"\n"
+    output_termination = b"\n"
+
+    identification: ClassVar[str] = "KEITHLEY INSTRUMENTS,MODEL DMM6500,04512345,1.7.12b"
+
+    def __init__(self, bench: VirtualBench) -> None:
+        super().__init__(bench)
+        self._errors: deque[tuple[int, str]] = deque(maxlen=1000)
+        self._acquisition: _Acquisition | None = None
+        self._line_buffer_cleared = True
+        self._dc_readings = 0
+        self._reset()
+        self._commands: list[tuple[re.Pattern[str], Handler]] = [
+            (scpi_header(pattern), handler)
+            for pattern, handler in (
+                ("*IDN", self._idn),
+                ("*RST", self._rst),
+                ("*CLS", self._cls),
+                ("*OPC", self._opc),
+                ("SYSTem:ERRor:[NEXT]", self._error_next),
+                ("[SENSe1|SENSe]:DIGitize:FUNCtion:[ON]", self._digitize_function),
+                ("[SENSe1|SENSe]:FUNCtion:[ON]", self._measure_function),
+                ("[SENSe1|SENSe]:DIGitize:VOLTage:RANGe:[UPPer]", self._range),
+                ("[SENSe1|SENSe]:DIGitize:VOLTage:SRATe", self._sample_rate),
+                ("[SENSe1|SENSe]:DIGitize:COUNt", self._count),
+                ("TRACe:POINts", self._trace_points),
+                ("TRACe:CLEar", self._trace_clear),
+                ("TRACe:ACTual", self._trace_actual),
+                ("TRACe:DATA", self._trace_data),
+                ("FORMat:[DATA]", self._format),
+                ("FORMat:BORDer", self._byte_order),
+                ("TRIGger:EXTernal:IN:EDGE", self._external_edge),
+                ("TRIGger:LOAD", self._trigger_load),
+                ("TRIGger:BLOCk:BUFFer:CLEar", self._block_buffer_clear),
+                ("TRIGger:BLOCk:WAIT", self._block_wait),
+                ("TRIGger:BLOCk:MDIGitize", self._block_mdigitize),
+                ("INITiate:[IMMediate]", self._initiate),
+                ("ABORt", self._abort),
+                ("MEASure:VOLTage:[DC]", self._measure_dc),
+            )
+        ]
+
+    # -- protocol ------------------------------------------------------------------------------------------------
+    def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
+        self._follow_acquisition()
+        header, query, arguments = split_command(command)
+        for pattern, handler in self._commands:
+            if pattern.match(header):
+                try:
+                    reply = handler(query, arguments)
+                except ScpiError as error:
+                    self._queue_error(error.code, error.message)
+                    return None
+                if reply is None:
+                    return None
+                return reply if isinstance(reply, bytes) else reply.encode("ascii") + self.output_termination
+        self._queue_error(-113, "Undefined header")
+        return None
+
+    def _queue_error(self, code: int, message: str) -> None:
+        self._errors.append((code, message))
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def _reset(self) -> None:
+        self.digitize_function = "NONE"
+        self.measure_function = "VOLT:DC"
+        self.range_v = 10.0
+        self.sample_rate_hz = 1e6
+        self.digitize_count = 1
+        self.buffer_points = 100_000
+        self.data_format = "ASC"
+        self.big_endian = False
+        self.external_edge = "FALL"
+        self.blocks: list[tuple[str, tuple[Any, ...]]] = []
+        self._stop_acquisition()
+        self._line_buffer_cleared = True
+
+    @property
+    def running(self) -> bool:
+        """True while the trigger model waits for its trigger or digitizes."""
+        acquisition = self._acquisition
+        if acquisition is None or acquisition.aborted_count is not None:
+            return False
+        return acquisition.acquired(self.bench.now()) < acquisition.count
+
+    def _follow_acquisition(self) -> None:
+        """Learn the trigger time once the stage has fired, and cache the samples once the line is complete."""
+        acquisition = self._acquisition
+        if acquisition is None:
+            return
+        if acquisition.start_s is None and acquisition.aborted_count is None:
+            acquisition.start_s = self.bench.first_trigger_after(acquisition.armed_at_s)
+            end_s = acquisition.end_s()
+            if end_s is not None:
+                self.bench.hold_busy_until(self.role, end_s)
+                self.bench.settle()
+        now_s = self.bench.now()
+        if acquisition.samples_v is None and acquisition.start_s is not None:
+            taken = acquisition.acquired(now_s)
+            if taken == acquisition.count or acquisition.aborted_count is not None:
+                acquisition.samples_v = self._render(acquisition.start_s, acquisition.sample_rate_hz, taken)
+
+    def _render(self, start_s: float, sample_rate_hz: float, count: int) -> np.ndarray:
+        times_s = start_s + np.arange(count, dtype=np.float64) / sample_rate_hz
+        samples = np.asarray(self.bench.detector_signal_v(times_s), dtype=np.float64)
+        over = np.abs(samples) > 1.2 * self.range_v  # the digitizer's usable span is 120% of range
+        return np.where(over, np.copysign(OVERFLOW_READING_V, samples), samples)
+
+    def _stop_acquisition(self) -> None:
+        acquisition = self._acquisition
+        if acquisition is not None and acquisition.aborted_count is None and self.running:
+            acquisition.aborted_count = acquisition.acquired(self.bench.now())
+        self.bench.hold_busy_until(self.role, self.bench.now())
+
+    def _line_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """Samples in the line buffer (oldest first) and their times relative to the first one."""
+        acquisition = self._acquisition
+        if acquisition is None or acquisition.start_s is None or self._line_buffer_cleared:
+            empty = np.empty(0, dtype=np.float64)
+            return empty, empty
+        taken = acquisition.acquired(self.bench.now())
+        samples = acquisition.samples_v
+        if samples is None or samples.size < taken:  # mid-line: render what exists so far, without caching
+            samples = self._render(acquisition.start_s, acquisition.sample_rate_hz, taken)
+        # defbuffer1 fills continuously: a line longer than the buffer keeps only its newest readings
+        kept = min(taken, self.buffer_points)
+        first = taken - kept
+        relative_s = (np.arange(first, taken, dtype=np.float64)) / acquisition.sample_rate_hz
+        return samples[first:taken], relative_s
+
+    # -- commands --------------------------------------------------------------------------------------------------
+    def _idn(self, query: bool, arguments: str) -> str:
+        self._require(query)
+        return self.identification
+
+    def _rst(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        self._reset()
+
+    def _cls(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        self._errors.clear()
+
+    def _opc(self, query: bool, arguments: str) -> str | None:
+        return "1" if query else None
+
+    def _error_next(self, query: bool, arguments: str) -> str:
+        self._require(query)
+        if not self._errors:
+            return '0,"No error;0;0 0"'
+        code, message = self._errors.popleft()
+        stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime())
+        return f'{code},"{message};1;{stamp}.000"'
+
+    def _digitize_function(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return f'"{self.digitize_function}"' if self.digitize_function != "NONE" else "NONE"
+        names = split_arguments(arguments)
+        if len(names) != 1:
+            raise ScpiError(-109, "Missing parameter")
+        if matches_mnemonic(names[0], "VOLTage"):
+            self.digitize_function = "VOLT"
+        elif matches_mnemonic(names[0], "CURRent"):
+            self.digitize_function = "CURR"
+        else:
+            raise ScpiError(-224, "Illegal parameter value")
+        self.measure_function = "NONE"
+        return None
+
+    def _measure_function(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return f'"{self.measure_function}"' if self.measure_function != "NONE" else "NONE"
+        names = split_arguments(arguments)
+        if len(names) != 1 or names[0].upper() not in {"VOLT:DC", "VOLTAGE:DC", "VOLT", "VOLTAGE"}:
+            raise ScpiError(-224, "Illegal parameter value")  # the twin only measures DC volts
+        self._select_dc_volts()
+        return None
+
+    def _select_dc_volts(self) -> None:
+        self.measure_function = "VOLT:DC"
+        self.digitize_function = "NONE"
+
+    def _range(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return f"{self.range_v:.6E}"
+        wanted = abs(parse_number(arguments, "range", -1000.0, 1000.0))
+        self.range_v = next(level for level in RANGES_V if wanted <= level)  # the smallest range that fits
+        return None
+
+    def _sample_rate(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return f"{self.sample_rate_hz:.6E}"
+        self._require_idle()
+        self.sample_rate_hz = parse_number(arguments, "sample rate", 1e3, 1e6)
+        return None
+
+    def _count(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return str(self.digitize_count)
+        self._require_idle()
+        self.digitize_count = int(parse_number(arguments, "count", 1, 55_000_000))
+        return None
+
+    def _buffer_name(self, arguments: list[str], position: int) -> str:
+        name = arguments[position] if len(arguments) > position else LINE_BUFFER
+        if name not in (LINE_BUFFER, DC_BUFFER):
+            raise ScpiError(-224, "Illegal parameter value")
+        return name
+
+    def _trace_points(self, query: bool, arguments: str) -> str | None:
+        parts = split_arguments(arguments)
+        if query:
+            return str(self.buffer_points) if self._buffer_name(parts, 0) == LINE_BUFFER else "100000"
+        if not parts:
+            raise ScpiError(-109, "Missing parameter")
+        self._require_idle()
+        points = int(parse_number(parts[0], "points", MIN_BUFFER_POINTS, MAX_BUFFER_POINTS))
+        if self._buffer_name(parts, 1) == LINE_BUFFER:
+            self.buffer_points = points
+            self._line_buffer_cleared = True  # resizing a buffer clears it
+        return None
+
+    def _trace_clear(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        if self._buffer_name(split_arguments(arguments), 0) == LINE_BUFFER:
+            self._require_idle()
+            self._line_buffer_cleared = True
+        else:
+            self._dc_readings = 0
+
+    def _trace_actual(self, query: bool, arguments: str) -> str:
+        self._require(query)
+        if self._buffer_name(split_arguments(arguments), 0) == DC_BUFFER:
+            return str(self._dc_readings)
+        samples, _ = self._line_samples()
+        return str(samples.size)
+
+    def _trace_data(self, query: bool, arguments: str) -> bytes:
+        self._require(query)
+        parts = split_arguments(arguments)
+        if len(parts) < 2:
+            raise ScpiError(-109, "Missing parameter")
+        if self._buffer_name(parts, 2) != LINE_BUFFER:
+            raise ScpiError(-224, "Illegal parameter value")  # the twin keeps no DC readings
+        samples, relative_s = self._line_samples()
+        first = int(parse_number(parts[0], "start", 1, MAX_BUFFER_POINTS))
+        last = int(parse_number(parts[1], "end", 1, MAX_BUFFER_POINTS))
+        if not first <= last <= samples.size:
+            raise ScpiError(-222, "Data out of range")
+        columns = []
+        for element in parts[3:] or ["READ"]:
+            if matches_mnemonic(element, "READing"):
+                columns.append(samples[first - 1 : last])
+            elif matches_mnemonic(element, "RELative"):
+                columns.append(relative_s[first - 1 : last])
+            else:
+                raise ScpiError(-224, "Illegal parameter value")  # binary formats allow only these elements
+        values = columns[0] if len(columns) == 1 else np.column_stack(columns).ravel()
+        return self._values_reply(values)
+
+    def _values_reply(self, values: np.ndarray) -> bytes:
+        if self.data_format == "ASC":
+            return ",".join(f"{value:.6E}" for value in values).encode("ascii") + self.output_termination
+        dtype = "f8" if self.data_format == "REAL" else "f4"
+        data = np.ascontiguousarray(values, dtype=(">" if self.big_endian else "<") + dtype).tobytes()
+        return b"#0" + data + self.output_termination
+
+    def _format(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return self.data_format
+        for mnemonic, name in (("ASCii", "ASC"), ("REAL", "REAL"), ("SREal", "SRE")):
+            if matches_mnemonic(arguments, mnemonic):
+                self.data_format = name
+                return None
+        raise ScpiError(-224, "Illegal parameter value")
+
+    def _byte_order(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return "NORM" if self.big_endian else "SWAP"
+        if matches_mnemonic(arguments, "NORMal"):
+            self.big_endian = True
+        elif matches_mnemonic(arguments, "SWAPped"):
+            self.big_endian = False
+        else:
+            raise ScpiError(-224, "Illegal parameter value")
+        return None
+
+    def _external_edge(self, query: bool, arguments: str) -> str | None:
+        if query:
+            return self.external_edge
+        for mnemonic, name in (("FALLing", "FALL"), ("RISing", "RIS"), ("EITHer", "EITH")):
+            if matches_mnemonic(arguments, mnemonic):
+                self.external_edge = name
+                return None
+        raise ScpiError(-224, "Illegal parameter value")
+
+    def _trigger_load(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        self._require_idle()
+        parts = split_arguments(arguments)
+        if not parts or parts[0].upper() != "EMPTY":
+            raise ScpiError(-224, "Illegal parameter value")  # the twin offers only the "Empty" template
+        self.blocks = []
+
+    def _add_block(self, number_text: str, kind: str, parameters: tuple[Any, ...]) -> None:
+        self._require_idle()
+        number = int(parse_number(number_text, "block", 1, 63))
+        if number > len(self.blocks) + 1:
+            raise ScpiError(-222, "Data out of range")  # blocks are numbered without gaps
+        if number == len(self.blocks) + 1:
+            self.blocks.append((kind, parameters))
+        else:
+            self.blocks[number - 1] = (kind, parameters)
+
+    def _block_buffer_clear(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        parts = split_arguments(arguments)
+        if not parts:
+            raise ScpiError(-109, "Missing parameter")
+        self._add_block(parts[0], "clear", (self._buffer_name(parts, 1),))
+
+    def _block_wait(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        parts = split_arguments(arguments)
+        if len(parts) < 2:
+            raise ScpiError(-109, "Missing parameter")
+        if not matches_mnemonic(parts[1], "EXTernal"):
+            raise ScpiError(-224, "Illegal parameter value")  # the twin's only event is the external input
+        clear = parts[2] if len(parts) > 2 else "ENT"
+        if not (matches_mnemonic(clear, "ENTer") or matches_mnemonic(clear, "NEVer")):
+            raise ScpiError(-224, "Illegal parameter value")
+        self._add_block(parts[0], "wait", (matches_mnemonic(clear, "ENTer"),))
+
+    def _block_mdigitize(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        parts = split_arguments(arguments)
+        if len(parts) < 2:
+            raise ScpiError(-109, "Missing parameter")
+        if self._buffer_name(parts, 1) != LINE_BUFFER:
+            raise ScpiError(-224, "Illegal parameter value")
+        count_text = parts[2] if len(parts) > 2 else "AUTO"
+        count = None if count_text.upper() == "AUTO" else int(parse_number(count_text, "count", 1, 55_000_000))
+        self._add_block(parts[0], "digitize", (count,))
+
+    def _initiate(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        if self.running:
+            raise ScpiError(-213, "Init ignored")
+        now_s = self.bench.now()
+        waits, count = False, None
+        for kind, parameters in self.blocks:
+            if kind == "clear":
+                self._line_buffer_cleared = True
+            elif kind == "wait":
+                waits = True
+            elif kind == "digitize":
+                if self.digitize_function != "VOLT":
+                    raise ScpiError(-221, "Settings conflict")  # the twin only digitizes voltage into the line
+                count = parameters[0] or self.digitize_count
+                break
+        if count is None:
+            return  # a model without a digitize block finishes at once
+        self._acquisition = _Acquisition(now_s, waits, count, self.sample_rate_hz)
+        self._line_buffer_cleared = False
+        if not waits:
+            self._acquisition.start_s = now_s
+            self.bench.hold_busy_until(self.role, now_s + count / self.sample_rate_hz)
+            self.bench.settle()
+        else:
+            self._follow_acquisition()  # the stage may already have fired after the arm time
+
+    def _abort(self, query: bool, arguments: str) -> None:
+        self._require(not query)
+        self._stop_acquisition()
+        self._follow_acquisition()
+
+    def _measure_dc(self, query: bool, arguments: str) -> str | bytes:
+        self._require(query)
+        if self.running:
+            raise ScpiError(-221, "Settings conflict")
+        buffer = self._buffer_name(split_arguments(arguments), 0)
+        self._select_dc_volts()
+        value = float(self.bench.detector_signal_v(np.array([self.bench.now()]))[0])
+        if buffer == DC_BUFFER:
+            self._dc_readings += 1
+        else:
+            self._line_buffer_cleared = True  # the twin keeps one kind of data per buffer
+        if self.data_format == "ASC":
+            return f"{value:.6E}"
+        return self._values_reply(np.array([value]))
+
+    # -- checks ------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _require(condition: bool) -> None:
+        """A query form of a command-only header, or the reverse, is an undefined header."""
+        if not condition:
+            raise ScpiError(-113, "Undefined header")
+
+    def _require_idle(self) -> None:
+        if self.running:
+            raise ScpiError(-221, "Settings conflict")
