@@ -10,7 +10,8 @@ PL power is IQE × absorbed power, IQE = n² / G. Carriers spread over a chip, s
 of the Gaussian laser spot that falls on the chip (the spot/chip overlap).
 """
 
-from libc.math cimport erf, sqrt, fabs, cbrt, floor, INFINITY
+from cython.parallel cimport prange, threadid
+from libc.math cimport erf, sqrt, fabs, cbrt, floor
 
 import numpy as np
 
@@ -27,7 +28,10 @@ cdef inline double _carrier_density(double G, double A, double C, double S, doub
         high = G / A
     if C > 0.0 and cbrt(G / C) < high:
         high = cbrt(G / C)
-    n = guess if (guess > 0.0 and guess < high) else 0.5 * high
+    if guess <= 0.0:
+        # root of A·n + n² = G: exact when SRH and radiative terms dominate, close otherwise
+        guess = 2.0 * G / (A + sqrt(A * A + 4.0 * G))
+    n = guess if guess < high else 0.5 * high
     for iteration in range(80):
         den = 1.0 + n / n_sat
         value = A * n + n * n + C * n * n * n + S * n / den - G
@@ -124,54 +128,53 @@ def render_line(
     """
     cdef Py_ssize_t count = col_f.shape[0]
     cdef Py_ssize_t band_columns = band_row0.shape[0]
+    cdef long span = 2 * reach + 1
     out = np.zeros(count, dtype=np.float64)
-    guess_array = np.full(a_coeff.shape[0], -1.0)
     cdef double[:] signal = out
-    cdef double[:] guess = guess_array
+    # the row overlaps of a sample do not depend on the column: one scratch row per thread
+    scratch_array = np.empty((64, span), dtype=np.float64)
+    cdef double[:, :] row_overlap = scratch_array
     cdef Py_ssize_t i, slot, band_col
+    cdef int thread
     cdef long centre_col, centre_row, col, row, dc, dr, offset
     cdef double inv_x = 1.0 / (sqrt(2.0) * sigma_col)
     cdef double inv_y = 1.0 / (sqrt(2.0) * sigma_row)
     cdef double du, dv, fx, overlap, absorbed, n, total
-    # the row overlaps of a sample do not depend on the column: compute them once per sample
-    row_overlap_array = np.empty(2 * reach + 1, dtype=np.float64)
-    cdef double[:] row_overlap = row_overlap_array
-    with nogil:
-        for i in range(count):
-            centre_col = <long>floor(col_f[i] + 0.5)
-            centre_row = <long>floor(row_f[i] + 0.5)
+    for i in prange(count, nogil=True, schedule="static", num_threads=2):
+        thread = threadid()
+        centre_col = <long>floor(col_f[i] + 0.5)
+        centre_row = <long>floor(row_f[i] + 0.5)
+        for dr in range(-reach, reach + 1):
+            dv = row_f[i] - (centre_row + dr)
+            row_overlap[thread, dr + reach] = 0.5 * (erf((half_height - dv) * inv_y) + erf((half_height + dv) * inv_y))
+        total = 0.0
+        for dc in range(-reach, reach + 1):
+            col = centre_col + dc
+            band_col = col - col0
+            if band_col < 0 or band_col >= band_columns:
+                continue
+            du = col_f[i] - col
+            fx = 0.5 * (erf((half_width - du) * inv_x) + erf((half_width + du) * inv_x))
+            if fx < 1e-12:
+                continue
             for dr in range(-reach, reach + 1):
-                dv = row_f[i] - (centre_row + dr)
-                row_overlap[dr + reach] = 0.5 * (erf((half_height - dv) * inv_y) + erf((half_height + dv) * inv_y))
-            total = 0.0
-            for dc in range(-reach, reach + 1):
-                col = centre_col + dc
-                band_col = col - col0
-                if band_col < 0 or band_col >= band_columns:
+                row = centre_row + dr
+                offset = row - band_row0[band_col]
+                if offset < 0 or offset >= band_height:
                     continue
-                du = col_f[i] - col
-                fx = 0.5 * (erf((half_width - du) * inv_x) + erf((half_width + du) * inv_x))
-                if fx < 1e-12:
+                slot = band_col * band_height + offset
+                if excitation[slot] <= 0.0 and scatter_v_per_w[slot] <= 0.0:
                     continue
-                for dr in range(-reach, reach + 1):
-                    row = centre_row + dr
-                    offset = row - band_row0[band_col]
-                    if offset < 0 or offset >= band_height:
-                        continue
-                    slot = band_col * band_height + offset
-                    if excitation[slot] <= 0.0 and scatter_v_per_w[slot] <= 0.0:
-                        continue
-                    overlap = fx * row_overlap[dr + reach]
-                    if overlap < 1e-12:
-                        continue
-                    total = total + scatter_v_per_w[slot] * power_w[i] * overlap
-                    absorbed = power_w[i] * overlap * excitation[slot]
-                    if absorbed <= 0.0:
-                        continue
-                    n = _carrier_density(absorbed * generation_per_w, a_coeff[slot], c_coeff[slot], shunt[slot],
-                                         shunt_saturation[slot], guess[slot])
-                    guess[slot] = n
-                    # emitted PL = IQE · absorbed = (n² / G) · absorbed = n² / generation_per_w
-                    total = total + pl_gain_v_per_w[slot] * n * n / generation_per_w
-            signal[i] = total
+                overlap = fx * row_overlap[thread, dr + reach]
+                if overlap < 1e-12:
+                    continue
+                total = total + scatter_v_per_w[slot] * power_w[i] * overlap
+                absorbed = power_w[i] * overlap * excitation[slot]
+                if absorbed <= 0.0:
+                    continue
+                n = _carrier_density(absorbed * generation_per_w, a_coeff[slot], c_coeff[slot], shunt[slot],
+                                     shunt_saturation[slot], -1.0)
+                # emitted PL = IQE · absorbed = (n² / G) · absorbed = n² / generation_per_w
+                total = total + pl_gain_v_per_w[slot] * n * n / generation_per_w
+        signal[i] = total
     return out

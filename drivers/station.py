@@ -18,6 +18,7 @@ only ever sees the role interfaces of :mod:`drivers.interfaces`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from drivers.keithley_2450 import Keithley2450
 from drivers.keithley_dmm6500 import KeithleyDMM6500
 from drivers.obis import CoherentOBIS
 from drivers.thorlabs import ThorlabsPM100D
+from drivers.virtual.station import VirtualStation
 from drivers.yokogawa import YokogawaAQ6373
 from drivers.zaber import ZaberXMCC
 from inspection.settings import SettingsError, from_mapping, load_toml, setting
@@ -110,7 +112,9 @@ class StationConfig:
                 suitable = ", ".join(name for name, cls in DRIVERS.items() if issubclass(cls, interface))
                 problems.append(f"instruments.{role}.driver: {config.driver!r} is not a {role} (use {suitable})")
             if not config.resource and not self.station.virtual_profile:
-                problems.append(f"instruments.{role}.resource: missing (required unless station.virtual_profile is set)")
+                problems.append(
+                    f"instruments.{role}.resource: missing (required unless station.virtual_profile is set)"
+                )
         if problems:
             raise ValueError("\n".join(problems))
 
@@ -211,10 +215,9 @@ def open_station(config: StationConfig, *, resources: dict[str, str] | None = No
             problems.append(f"{role} ({driver.model} at {resource}): bad options: {error}")
     if problems:
         for instrument in opened.values():
-            try:
+            # already failing; the original problem is what the user needs to see
+            with contextlib.suppress(InstrumentError):
                 instrument.close()
-            except InstrumentError:
-                pass  # already failing; the original problem is what the user needs to see
         raise StationError(problems)
     return Station(name=config.station.name, **opened)  # type: ignore[arg-type]
 
@@ -227,9 +230,8 @@ def connect(config: StationConfig) -> Iterator[Station]:
         with open_station(config) as station:
             yield station
         return
-    from drivers.virtual.station import VirtualStation
-
-    with VirtualStation.start(profile, time_scale=config.station.time_scale) as virtual:
-        with open_station(config, resources=virtual.resources) as station:
-            yield station
-
+    with (
+        VirtualStation.start(profile, time_scale=config.station.time_scale) as virtual,
+        open_station(config, resources=virtual.resources) as station,
+    ):
+        yield station

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import h5py
 import numpy as np
@@ -201,8 +202,6 @@ def test_bad_profile_lists_every_problem() -> None:
 
 
 def test_eight_inch_world_is_created_fast_and_small() -> None:
-    import tracemalloc
-
     profile = from_mapping(
         WaferProfile,
         {

@@ -204,9 +204,10 @@ class WaferProfile:
     def __post_init__(self) -> None:
         radius_um = self.wafer.diameter_mm * 500.0
         if self.stage.travel_xy_mm * 500.0 < radius_um + self.loading.max_offset_um:
+            needed_mm = 2 * (radius_um + self.loading.max_offset_um) / 1000
             raise ValueError(
                 f"stage.travel_xy_mm: {self.stage.travel_xy_mm:g} mm cannot reach the edge of a "
-                f"{self.wafer.diameter_mm:g} mm wafer (needs >= {2 * (radius_um + self.loading.max_offset_um) / 1000:g})"
+                f"{self.wafer.diameter_mm:g} mm wafer (needs >= {needed_mm:g})"
             )
 
 

@@ -121,11 +121,21 @@ class VirtualStation:
 
     @classmethod
     @contextmanager
-    def start(cls, profile_path: str | Path, *, time_scale: float = 0.0, timeout_s: float = 60.0) -> Iterator[VirtualStation]:
+    def start(
+        cls, profile_path: str | Path, *, time_scale: float = 0.0, timeout_s: float = 60.0
+    ) -> Iterator[VirtualStation]:
         """Start the virtual station for ``profile_path``; stop it when the block ends."""
         profile_path = Path(profile_path)
         load_profile(profile_path)  # a bad profile fails here, with every problem listed, not in the child
-        command = [sys.executable, "-m", "drivers.virtual", "--profile", str(profile_path), "--time-scale", str(time_scale)]
+        command = [
+            sys.executable,
+            "-m",
+            "drivers.virtual",
+            "--profile",
+            str(profile_path),
+            "--time-scale",
+            str(time_scale),
+        ]
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             ready = _read_ready_line(process, timeout_s)
@@ -145,7 +155,9 @@ class VirtualStation:
             raise ValueError(f"virtual station refused {request}: {answer.get('error')}")
         return answer
 
-    def inject_fault(self, role: str, kind: str, *, at_command: int | None = None, rate: float = 0.0, count: int = 1) -> None:
+    def inject_fault(
+        self, role: str, kind: str, *, at_command: int | None = None, rate: float = 0.0, count: int = 1
+    ) -> None:
         """Ask for a fault: see :class:`~drivers.virtual.bench.FaultKind` for the kinds."""
         self.control(op="fault", role=role, kind=kind, at_command=at_command, rate=rate, count=count)
 

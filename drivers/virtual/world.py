@@ -27,9 +27,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from cext.pl_render import carrier_density, render_line
 from scipy.special import erf
 
-from cext.pl_render import carrier_density, render_line
 from drivers.virtual.bench import Placement
 from drivers.virtual.profile import ElTestSpec, WaferProfile
 from inspection.wafer import WaferLayout
@@ -255,8 +255,8 @@ class WaferWorld:
             flags[hit] |= np.uint16(DefectFlag.PARTICLE)
             transmission[hit] = np.minimum(transmission[hit], trans)
         damage = hash_uniform(seed, 5, col, row)
-        for x0, y0, x1, y1, width in self.defects.scratches:
-            hit = _distance_to_segment(x, y, x0, y0, x1, y1) <= 0.5 * width + half_chip
+        for scratch in self.defects.scratches:
+            hit = _distance_to_segment(x, y, scratch[:4]) <= 0.5 * scratch[4] + half_chip
             flags[hit] |= np.uint16(DefectFlag.SCRATCH)
             flags[hit & (damage < 0.5)] |= np.uint16(DefectFlag.DEAD)
             flags[hit & (damage >= 0.5)] |= np.uint16(DefectFlag.DIM | DefectFlag.LEAKY)
@@ -360,8 +360,8 @@ class WaferWorld:
         optics = self.profile.optics
         key = [self.seed, 17, x_um.size]
         if x_um.size:
-            key += [int(round(v * 100)) & 0xFFFFFFFF for v in (x_um[0], y_um[0], x_um[-1], y_um[-1])]
-            key.append(int(round(float(power.mean()) * 1e7)) & 0xFFFFFFFF)
+            key += [round(v * 100) & 0xFFFFFFFF for v in (x_um[0], y_um[0], x_um[-1], y_um[-1])]
+            key.append(round(float(power.mean()) * 1e7) & 0xFFFFFFFF)
         rng = np.random.default_rng(key)
         sigma = np.sqrt(optics.read_noise_v**2 + optics.shot_noise_v * np.maximum(clean, 0.0))
         return clean + optics.background_v + sigma * rng.standard_normal(clean.shape)
@@ -648,7 +648,8 @@ def _overlap_1d(offset: np.ndarray, half_size: float, sigma: float) -> np.ndarra
     return 0.5 * (erf((half_size - offset) * scale) + erf((half_size + offset) * scale))
 
 
-def _distance_to_segment(x: np.ndarray, y: np.ndarray, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+def _distance_to_segment(x: np.ndarray, y: np.ndarray, segment: np.ndarray) -> np.ndarray:
+    x0, y0, x1, y1 = segment
     dx, dy = x1 - x0, y1 - y0
     length2 = dx * dx + dy * dy
     t = np.clip(((x - x0) * dx + (y - y0) * dy) / length2, 0.0, 1.0) if length2 > 0 else np.zeros_like(x)
