@@ -34,6 +34,7 @@ from typing import Any, Self
 import numpy as np
 import pyvisa
 import pyvisa.constants
+import pyvisa.rname
 import pyvisa.errors
 
 from drivers.errors import (
@@ -218,6 +219,14 @@ class Instrument:
         label = name or f"{cls.model} at {resource_name}"
         manager = resource_manager or default_resource_manager()
         try:
+            pyvisa.rname.parse_resource_name(resource_name)
+        except pyvisa.rname.InvalidResourceName:
+            raise InstrumentConnectionError(
+                label,
+                f"{resource_name!r} is not a VISA resource string (e.g. TCPIP0::192.168.1.20::4001::SOCKET, "
+                "ASRL/dev/ttyUSB0::INSTR, USB0::0x1313::0x8078::P0012345::INSTR)",
+            ) from None
+        try:
             resource = manager.open_resource(
                 resource_name,
                 read_termination=cls.read_termination,
@@ -346,6 +355,12 @@ class _ErrorTranslation:
                 within = f" within {timeout_s / 1000:g} s" if isinstance(timeout_s, (int, float)) else ""
                 raise InstrumentTimeoutError(name, f"no reply{within}", command=command) from error
             raise InstrumentConnectionError(name, f"connection failed: {error.description}", command=command) from error
+        if isinstance(error, ConnectionRefusedError):
+            raise InstrumentConnectionError(
+                name,
+                "connection refused: check that the instrument is on and the resource address is right",
+                command=command,
+            ) from error
         if isinstance(error, (ConnectionError, OSError, EOFError)):
             raise InstrumentConnectionError(name, f"connection lost: {error}", command=command) from error
         return False

@@ -286,8 +286,9 @@ PROTOCOL_FAULTS = frozenset({FaultKind.DISCONNECT, FaultKind.TIMEOUT, FaultKind.
 
 @dataclass
 class FaultRule:
-    """Inject ``kind`` on instrument ``role``: at its ``at_command``-th command (1-based), or at random with
-    probability ``rate`` per command, at most ``count`` times (0 = unlimited)."""
+    """Inject ``kind`` on instrument ``role``: on ``count`` commands in a row starting with its ``at_command``-th
+    command (1-based), or at random with probability ``rate`` per command, at most ``count`` times (0 = unlimited).
+    """
 
     role: str
     kind: FaultKind
@@ -319,8 +320,11 @@ class FaultPlan:
         for rule in self.rules:
             if rule.role != role or (rule.count and rule.fired >= rule.count):
                 continue
-            relative = count - rule.at_command if rule.at_command is not None else None
-            if relative == 0 or (rule.at_command is None and self._rng.random() < rule.rate):
+            if rule.at_command is not None:
+                due = count >= rule.at_command  # from that command on, `count` commands in a row
+            else:
+                due = self._rng.random() < rule.rate
+            if due:
                 rule.fired += 1
                 fired.append(rule.kind)
         return fired

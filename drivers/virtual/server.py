@@ -153,6 +153,7 @@ class ControlServer(socketserver.ThreadingTCPServer):
     --------
     ``{"op": "fault", "role": "laser", "kind": "timeout", "at_command": 5}`` (or ``"rate": 0.01``, ``"count": 3``;
     ``at_command`` counts from the moment of the request, 1 = the very next command)
+    ``{"op": "clear_faults"}`` (drop every pending fault rule)
     ``{"op": "interlock", "closed": false}``
     ``{"op": "status"}`` → virtual time, commands served per role, laser state
     """
@@ -184,6 +185,10 @@ class ControlServer(socketserver.ThreadingTCPServer):
                 else:
                     bench.faults.add(rule)
                 return {"ok": True}
+            if op == "clear_faults":
+                bench.faults.rules.clear()
+                bench.stall_next_move = bench.refuse_next_move = False
+                return {"ok": True}
             if op == "interlock":
                 if request["closed"]:
                     bench.laser.interlock_closed = True
@@ -199,4 +204,4 @@ class ControlServer(socketserver.ThreadingTCPServer):
                     "interlock_closed": bench.laser.interlock_closed,
                     "smu_output": bench.smu.output_on,
                 }
-            raise ValueError(f"unknown op {op!r}; known: fault, interlock, status")
+            raise ValueError(f"unknown op {op!r}; known: fault, clear_faults, interlock, status")

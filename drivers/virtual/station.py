@@ -91,7 +91,9 @@ class VirtualStationServer:
         self.servers = {role: TwinServer(twin(bench), bench) for role, twin in TWINS.items()}
         self.control = ControlServer(bench)
         self._threads = [
-            threading.Thread(target=server.serve_forever, name=f"virtual-{name}", daemon=True)
+            threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"virtual-{name}", daemon=True
+            )
             for name, server in [*self.servers.items(), ("control", self.control)]
         ]
         for thread in self._threads:
