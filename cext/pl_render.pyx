@@ -35,13 +35,15 @@ cdef inline double _carrier_density(double G, double A, double C, double S, doub
     for iteration in range(80):
         den = 1.0 + n / n_sat
         value = A * n + n * n + C * n * n * n + S * n / den - G
+        if value == 0.0:
+            return n
         if value > 0.0:
             high = n
         else:
             low = n
         slope = A + 2.0 * n + 3.0 * C * n * n + S / (den * den)
         candidate = n - value / slope
-        if candidate <= low or candidate >= high:
+        if candidate < low or candidate > high:
             candidate = 0.5 * (low + high)
         step = fabs(candidate - n)
         n = candidate

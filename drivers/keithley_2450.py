@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Any
@@ -47,8 +46,9 @@ from typing import Any
 import numpy as np
 
 from drivers.base import Instrument, control, measurement, one_of, parse_bool, strict_integer_range, strict_range
-from drivers.errors import InstrumentConnectionError, InstrumentReplyError, InstrumentTimeoutError
+from drivers.errors import InstrumentReplyError
 from drivers.interfaces import InstrumentIdentity, SourceMeter
+from drivers.scpi import drain_error_queue, format_number
 
 MAX_CURRENT_A = 1.05
 MAX_VOLTAGE_V = 210.0
@@ -63,7 +63,6 @@ OVERFLOW_READING = 9.9e37  # what the 2450 returns for a reading beyond the top 
 _SWEEP_SECONDS_PER_POINT = 0.1
 _MAX_ERROR_READS = 32  # the error queue is drained after each write; stop if it never reports "No error"
 _ERROR_QUERY = ":SYST:ERR?"
-_ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
 
 _validate_current = strict_range(-MAX_CURRENT_A, MAX_CURRENT_A, unit="A")
 _validate_voltage = strict_range(-MAX_VOLTAGE_V, MAX_VOLTAGE_V, unit="V")
@@ -79,9 +78,9 @@ class SmuFunction(StrEnum):
     VOLTAGE = "VOLT"
 
 
-def format_number(value: float) -> str:
+def _format_number(value: float) -> str:
     """A number as sent to the instrument: up to 9 significant digits, no float noise (``0.3``, ``1e-09``)."""
-    return f"{float(value):.9g}"
+    return format_number(value, significant_digits=9)
 
 
 def _format_on_off(on: bool) -> str:
@@ -150,28 +149,28 @@ class Keithley2450(Instrument, SourceMeter):
         ":SOUR:CURR:LEV {}",
         "Current source level (A), -1.05 to 1.05; used while the source function is current.",
         validator=_validate_current,
-        format_value=format_number,
+        format_value=_format_number,
     )
     source_voltage_v = control(
         ":SOUR:VOLT:LEV?",
         ":SOUR:VOLT:LEV {}",
         "Voltage source level (V), -210 to 210; used while the source function is voltage.",
         validator=_validate_voltage,
-        format_value=format_number,
+        format_value=_format_number,
     )
     voltage_limit_v = control(
         ":SOUR:CURR:VLIM?",
         ":SOUR:CURR:VLIM {}",
         "Voltage limit (compliance) of the current source (V), 0.02 to 210.",
         validator=_validate_voltage_limit,
-        format_value=format_number,
+        format_value=_format_number,
     )
     current_limit_a = control(
         ":SOUR:VOLT:ILIM?",
         ":SOUR:VOLT:ILIM {}",
         "Current limit (compliance) of the voltage source (A), 1e-9 to 1.05.",
         validator=_validate_current_limit,
-        format_value=format_number,
+        format_value=_format_number,
     )
     output_enabled = control(
         ":OUTP?",
@@ -298,7 +297,7 @@ class Keithley2450(Instrument, SourceMeter):
         points = _validate_points("points", points)
         voltage_limit_v = _validate_voltage_limit("voltage_limit_v", voltage_limit_v)
         delay_s = _validate_delay("delay_s", delay_s)
-        sweep = ", ".join([format_number(start_a), format_number(stop_a), str(points), format_number(delay_s)])
+        sweep = ", ".join([_format_number(start_a), _format_number(stop_a), str(points), _format_number(delay_s)])
         with self.lock:
             self.source_function = SmuFunction.CURRENT
             self.voltage_limit_v = voltage_limit_v
@@ -321,38 +320,13 @@ class Keithley2450(Instrument, SourceMeter):
         A failure of the check itself (silence, garbage, a lost connection) is reported against ``command`` too:
         that is what the operator sent, the error query is ours.
         """
-        check = f"error-queue check {_ERROR_QUERY!r} failed"
-        try:
-            errors = self._drain_error_queue()
-        except InstrumentReplyError as error:
-            detail = error.detail.removesuffix(f" (reply {error.reply!r})")
-            raise InstrumentReplyError(self.name, f"{check}: {detail}", command=command, reply=error.reply) from error
-        except InstrumentTimeoutError as error:
-            raise InstrumentTimeoutError(self.name, f"{check}: {error.detail}", command=command) from error
-        except InstrumentConnectionError as error:
-            raise InstrumentConnectionError(self.name, f"{check}: {error.detail}", command=command) from error
+        errors = drain_error_queue(self, query=_ERROR_QUERY, max_reads=_MAX_ERROR_READS, command=command)
         if errors:
             code, message, reply = errors[0]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise InstrumentReplyError(
                 self.name, f"instrument error {code} {message}{more}", command=command, reply=reply
             )
-
-    def _drain_error_queue(self) -> list[tuple[int, str, str]]:
-        """Read ``:SYST:ERR?`` until it says "No error"; return (code, message, reply) of each error read."""
-        errors: list[tuple[int, str, str]] = []
-        for _ in range(_MAX_ERROR_READS):
-            reply = self.query(_ERROR_QUERY)
-            match = _ERROR_REPLY.match(reply)
-            if match is None:
-                raise InstrumentReplyError(self.name, "not an error-queue entry", command=_ERROR_QUERY, reply=reply)
-            code = int(match.group(1))
-            if code == 0:
-                return errors
-            errors.append((code, match.group(2).split(";")[0], reply))
-        raise InstrumentReplyError(
-            self.name, f"still not empty after {_MAX_ERROR_READS} reads", command=_ERROR_QUERY, reply=errors[-1][2]
-        )
 
     @contextlib.contextmanager
     def _timeout_extended_by_s(self, extra_s: float) -> Iterator[None]:

@@ -43,15 +43,14 @@ no analysis mistakes them for a huge voltage, and :meth:`KeithleyDMM6500.read_vo
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import numpy as np
-import pyvisa.errors
 
 from drivers.base import Instrument, control, one_of, strict_integer_range, strict_range
 from drivers.errors import InstrumentReplyError
 from drivers.interfaces import InstrumentIdentity, IntensityDetector
+from drivers.scpi import drain_error_queue, format_number
 
 DIGITIZE_RANGES_V = (0.1, 1.0, 10.0, 100.0, 1000.0)
 MIN_SAMPLE_RATE_HZ = 1e3
@@ -63,29 +62,6 @@ MIN_BUFFER_POINTS = 10  # a reading buffer cannot be made smaller than 10 readin
 OVERFLOW_READING_V = 9.9e37
 LINE_BUFFER = "defbuffer1"
 DC_BUFFER = "defbuffer2"
-
-_ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"(.*)"\s*$')
-
-
-def format_number(value: float) -> str:
-    """Shortest exact-enough decimal for an SCPI numeric parameter (``100000``, ``0.1``, ``1e+06``)."""
-    return f"{value:.10g}"
-
-
-def parse_scpi_error(reply: str) -> tuple[int, str]:
-    """Split a Keithley ``:SYST:ERR?`` reply into code and message.
-
-    Examples
-    --------
-    >>> parse_scpi_error('-113,"Undefined header;1;2024/01/01 00:00:12.345"')
-    (-113, 'Undefined header')
-    >>> parse_scpi_error('0,"No error;0;0 0"')
-    (0, 'No error')
-    """
-    match = _ERROR_REPLY.match(reply)
-    if match is None:
-        raise ValueError('expected <code>,"<message>"')
-    return int(match.group(1)), match.group(2).split(";", 1)[0]
 
 
 def _parse_count(reply: str) -> int:
@@ -242,7 +218,9 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
                 chunk = min(self.max_samples_per_query, total - offset)
                 index = first + offset + 1  # buffer indices are 1-based and the end index is inclusive
                 command = f':TRAC:DATA? {index}, {index + chunk - 1}, "{LINE_BUFFER}", READ'
-                samples[offset : offset + chunk] = self._query_doubles(command, chunk)
+                samples[offset : offset + chunk] = self.query_binary(
+                    command, datatype="d", big_endian=False, count=chunk
+                )
         overflow = np.abs(samples) >= OVERFLOW_READING_V
         samples[overflow] = np.copysign(np.inf, samples[overflow])
         return samples
@@ -263,18 +241,7 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
 
     # -- protocol hooks --------------------------------------------------------------------------------------------
     def _check_errors(self, command: str) -> None:
-        errors: list[tuple[int, str, str]] = []
-        for _ in range(self.max_queued_errors):
-            reply = self.query(":SYST:ERR?")
-            try:
-                code, message = parse_scpi_error(reply)
-            except ValueError as error:
-                raise InstrumentReplyError(
-                    self.name, f"unexpected error-queue reply: {error}", command=":SYST:ERR?", reply=reply
-                ) from None
-            if code == 0:
-                break
-            errors.append((code, message, reply))
+        errors = drain_error_queue(self, max_reads=self.max_queued_errors)
         if errors:
             code, message, reply = errors[0]
             more = f" (and {len(errors) - 1} more queued)" if len(errors) > 1 else ""
@@ -288,33 +255,3 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
             self._binary_format = None  # unknown until the instrument has accepted the change
             self.write(":FORM:DATA REAL" if binary else ":FORM:DATA ASC")
             self._binary_format = binary
-
-    def _query_doubles(self, command: str, count: int) -> np.ndarray:
-        """Send ``command`` and read its ``#0`` binary block of ``count`` little-endian doubles.
-
-        ``Instrument.query_binary`` cannot read an indefinite-length block from a socket (pyvisa needs the
-        expected length), so this passes ``data_points``.
-        """
-        with self.lock, self._translate_errors(command):
-            self._resource.write(command)
-            try:
-                values = self._resource.read_binary_values(
-                    datatype="d",
-                    is_big_endian=False,
-                    container=np.array,
-                    header_fmt="ieee",
-                    expect_termination=True,
-                    data_points=count,
-                    chunk_size=1 << 20,
-                )
-            except (ValueError, TypeError, UnicodeDecodeError, pyvisa.errors.InvalidBinaryFormat) as error:
-                raise InstrumentReplyError(self.name, f"malformed binary block: {error}", command=command) from None
-        values = np.asarray(values, dtype=np.float64)
-        if values.shape != (count,):
-            raise InstrumentReplyError(
-                self.name,
-                f"expected {count} readings, got {values.size}",
-                command=command,
-                reply=f"{values.size} readings",
-            )
-        return values

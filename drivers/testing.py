@@ -67,10 +67,12 @@ class ProtocolResource:
             self._pending = bytes(reply)  # type: ignore[arg-type]
         return len(data)
 
-    def read_bytes(self, count: int) -> bytes:
+    def read_bytes(self, count: int, **_: Any) -> bytes:
         self._raise_if_silent()
         if len(self._pending) < count:
-            raise AssertionError(f"driver wanted {count} bytes, only {self._pending!r} pending")
+            # like a real connection: what was sent arrives, then nothing more until the timeout
+            self._pending = b""
+            raise pyvisa.errors.VisaIOError(pyvisa.constants.StatusCode.error_timeout)
         data, self._pending = self._pending[:count], self._pending[count:]
         return data
 

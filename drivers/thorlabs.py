@@ -30,8 +30,8 @@ from typing import Any
 from drivers.base import Instrument, control, strict_integer_range, strict_range
 from drivers.errors import InstrumentReplyError
 from drivers.interfaces import InstrumentIdentity, PowerMeter
+from drivers.scpi import drain_error_queue
 
-NO_ERROR_CODE = "0"
 MAX_ERRORS_READ = 32
 """More than the instrument's queue holds; a bound so a misbehaving instrument cannot keep the driver reading."""
 
@@ -170,16 +170,8 @@ class ThorlabsPM100D(Instrument, PowerMeter):
 
     def _check_errors(self, command: str) -> None:
         """Read ``SYST:ERR?`` until ``0,"No error"``; raise naming ``command`` if anything else came first."""
-        errors: list[str] = []
-        for _ in range(MAX_ERRORS_READ):
-            self._resource.write("SYST:ERR?")
-            reply = self.read_line(command).strip()
-            code = reply.split(",", 1)[0].strip()
-            if not code.lstrip("+-").isdigit():
-                raise InstrumentReplyError(self.name, "unreadable SYST:ERR? reply", command=command, reply=reply)
-            if code.lstrip("+") == NO_ERROR_CODE:
-                break
-            errors.append(reply)
+        queued = drain_error_queue(self, query="SYST:ERR?", max_reads=MAX_ERRORS_READ, command=command)
+        errors = [reply for _, _, reply in queued]
         if errors:
             more = f" (then {'; '.join(errors[1:])})" if len(errors) > 1 else ""
             raise InstrumentReplyError(

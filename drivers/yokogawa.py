@@ -43,7 +43,7 @@ import numpy as np
 from drivers.base import Instrument, control, one_of, strict_integer_range, strict_range
 from drivers.errors import InstrumentConnectionError, InstrumentReplyError, InstrumentTimeoutError
 from drivers.interfaces import InstrumentIdentity, Spectrometer, Spectrum
-from drivers.keithley_dmm6500 import format_number
+from drivers.scpi import drain_error_queue, format_number
 
 MIN_WAVELENGTH_NM = 350.0
 MAX_WAVELENGTH_NM = 1200.0
@@ -76,14 +76,6 @@ def _parse_values(reply: str) -> np.ndarray:
     if values.size == 0 or not np.all(np.isfinite(values)):
         raise ValueError("expected finite comma-separated numbers")
     return values
-
-
-def parse_osa_error(reply: str) -> tuple[int, str]:
-    """Split a ``:SYST:ERR?`` reply (``-113,"Undefined header"``) into code and message."""
-    code_text, separator, message = reply.partition(",")
-    if not separator:
-        raise ValueError('expected <code>,"<message>"')
-    return int(code_text), message.strip().strip('"')
 
 
 class YokogawaAQ6373(Instrument, Spectrometer):
@@ -247,18 +239,7 @@ class YokogawaAQ6373(Instrument, Spectrometer):
 
     # -- protocol hooks --------------------------------------------------------------------------------------------
     def _check_errors(self, command: str) -> None:
-        errors: list[tuple[int, str, str]] = []
-        for _ in range(self.max_queued_errors):
-            reply = self.query(":SYST:ERR?")
-            try:
-                code, message = parse_osa_error(reply)
-            except ValueError as error:
-                raise InstrumentReplyError(
-                    self.name, f"unexpected error-queue reply: {error}", command=":SYST:ERR?", reply=reply
-                ) from None
-            if code == 0:
-                break
-            errors.append((code, message, reply))
+        errors = drain_error_queue(self, max_reads=self.max_queued_errors)
         if errors:
             code, message, reply = errors[0]
             more = f" (and {len(errors) - 1} more queued)" if len(errors) > 1 else ""

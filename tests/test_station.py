@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import signal
@@ -107,7 +108,7 @@ def test_wrong_driver_for_a_role_and_missing_resource(tmp_path: Path) -> None:
 
 def test_missing_profile_file_is_named(tmp_path: Path) -> None:
     path = write_station(tmp_path, DEFAULT_STATION.read_text().replace("../profiles/demo-2in.toml", "gone.toml"))
-    with pytest.raises(SettingsError, match="station.virtual_profile: file not found"):
+    with pytest.raises(SettingsError, match=r"station\.virtual_profile: file not found"):
         load_station_config(path)
 
 
@@ -221,10 +222,8 @@ def test_virtual_station_exits_when_its_parent_is_killed(tmp_path: Path) -> None
             os.kill(child_pid, 0)
         except ProcessLookupError:
             return
-        try:  # reap it if it became our zombie
+        with contextlib.suppress(ChildProcessError):  # reap it if it became our zombie
             os.waitpid(child_pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.05)
     os.kill(child_pid, signal.SIGKILL)
     pytest.fail("the virtual station outlived its parent")

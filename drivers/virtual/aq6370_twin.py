@@ -1,8 +1,9 @@
 """Virtual Yokogawa AQ6373 (AQ6370-series OSA) measuring the PL spectrum under the laser spot.
 
 Speaks the subset :mod:`drivers.yokogawa` uses, byte for byte: ``\\r\\n`` after every reply; no reply to a command;
-SCPI long and short forms. A rejected command or query is silent and leaves ``<code>,"<message>"`` in the error
-queue (``:SYST:ERR?`` → ``0,"No error"`` when empty).
+SCPI long and short forms (:mod:`drivers.virtual.scpi`). A rejected command or query is silent and leaves
+``<code>,"<message>"`` in the error queue (1000 entries, SCPI overflow; ``:SYST:ERR?`` → ``0,"No error"`` when
+empty).
 
 Log-in
 ------
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -37,7 +37,17 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from drivers.virtual.bench import VirtualBench
-from drivers.virtual.dmm6500_twin import ScpiError, matches_mnemonic, scpi_header, split_command
+from drivers.virtual.scpi import (
+    ErrorQueue,
+    ScpiError,
+    find_command,
+    format_error,
+    format_nr3_list,
+    matches_mnemonic,
+    require_form,
+    scpi_header,
+    split_command,
+)
 from drivers.virtual.server import InstrumentTwin
 
 MIN_WAVELENGTH_NM = 350.0
@@ -46,6 +56,7 @@ RESOLUTIONS_NM = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 SWEEP_OVERHEAD_S = 0.2
 SWEEP_S_PER_POINT = 0.2e-3
 LEVEL_UNITS = ("DBM", "W", "DBM/NM", "W/NM")  # :DISP:TRAC:Y1:UNIT? answers the index
+ERROR_QUEUE_LENGTH = 1000
 _FINE_GRID_MAX = 400_000  # fine-grid samples for the slit convolution (bounds the cost of one sweep)
 _NUMBER_WITH_UNIT = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:E[+-]?\d+)?)\s*(NM|UM|PM|M)?\s*$", re.IGNORECASE)
 _NM_PER_UNIT = {"NM": 1.0, "UM": 1e3, "PM": 1e-3, "M": 1e9, None: 1e9}
@@ -54,9 +65,8 @@ Handler = Callable[[bool, str], str | None]
 
 
 def format_nr3(values: np.ndarray) -> str:
-    """Comma-separated values in the AQ6370's ASCII form, e.g. ``+4.50000000E-007``."""
-    text = ",".join(f"{value:+.8E}" for value in np.asarray(values, dtype=np.float64))
-    return re.sub(r"E([+-])(\d\d)(?=,|$)", r"E\g<1>0\g<2>", text)  # three-digit exponents
+    """Comma-separated values in the AQ6370's ASCII form, e.g. ``+4.50000000E-007`` (three-digit exponents)."""
+    return format_nr3_list(np.asarray(values, dtype=np.float64), digits=8, plus_sign=True, exponent_digits=3)
 
 
 def parse_wavelength_nm(text: str) -> float:
@@ -104,7 +114,7 @@ class AQ6370Twin(InstrumentTwin):
 
     def __init__(self, bench: VirtualBench) -> None:
         super().__init__(bench)
-        self._errors: deque[tuple[int, str]] = deque(maxlen=1000)
+        self._errors = ErrorQueue(ERROR_QUEUE_LENGTH)
         self._rng = np.random.default_rng(6373)
         self.command_format = 1
         self.start_nm = 1000.0  # the AQ6373's power-on span is not modelled; any in-range default serves
@@ -125,23 +135,25 @@ class AQ6370Twin(InstrumentTwin):
             for pattern, handler in (
                 ("*IDN", self._idn),
                 ("*CLS", self._cls),
-                ("CFORM0|CFORM1", self._cform),
-                ("SYSTem:ERRor:[NEXT]", self._error_next),
-                ("[SENSe]:WAVelength:STARt", self._start),
-                ("[SENSe]:WAVelength:STOP", self._stop),
-                ("[SENSe]:BANDwidth|BWIDth:[RESolution]", self._resolution),
-                ("[SENSe]:SWEep:POINts", self._points),
-                ("INITiate:SMODe", self._sweep_mode),
-                ("INITiate:[IMMediate]", self._initiate),
-                ("ABORt", self._abort),
-                ("STATus:OPERation:[EVENt]", self._operation_event),
-                ("UNIT:X", self._unit_x),
-                ("DISPlay:[WINDow]:TRACe:Y1:[SCALe]:UNIT", self._level_unit),
-                ("FORMat:[DATA]", self._format),
-                ("TRACe:ACTive", self._trace_active),
-                ("TRACe:ATTRibute:TRA", self._trace_attribute),
-                ("TRACe:[DATA]:X", self._trace_x),
-                ("TRACe:[DATA]:Y", self._trace_y),
+                (":CFORM0", self._cform),
+                (":CFORM1", self._cform),
+                (":SYSTem:ERRor[:NEXT]", self._error_next),
+                ("[:SENSe]:WAVelength:STARt", self._start),
+                ("[:SENSe]:WAVelength:STOP", self._stop),
+                ("[:SENSe]:BANDwidth[:RESolution]", self._resolution),
+                ("[:SENSe]:BWIDth[:RESolution]", self._resolution),
+                ("[:SENSe]:SWEep:POINts", self._points),
+                (":INITiate:SMODe", self._sweep_mode),
+                (":INITiate[:IMMediate]", self._initiate),
+                (":ABORt", self._abort),
+                (":STATus:OPERation[:EVENt]", self._operation_event),
+                (":UNIT:X", self._unit_x),
+                (":DISPlay[:WINDow]:TRACe:Y1[:SCALe]:UNIT", self._level_unit),
+                (":FORMat[:DATA]", self._format),
+                (":TRACe:ACTive", self._trace_active),
+                (":TRACe:ATTRibute:TRA", self._trace_attribute),
+                (":TRACe[:DATA]:X", self._trace_x),
+                (":TRACe[:DATA]:Y", self._trace_y),
             )
         ]
 
@@ -153,20 +165,17 @@ class AQ6370Twin(InstrumentTwin):
         if session["state"] != "ready":
             return self._log_in(command, session)
         self._follow_sweep()
-        header, query, arguments = split_command(command)
-        if self.command_format != 1 and header.upper() not in (":CFORM1", ":CFORM0", ":*IDN"):
-            self._errors.append((-113, "Undefined header"))  # AQ6317-format commands are not modelled
+        header, arguments = split_command(command)
+        query = header.endswith("?")
+        header = header.removesuffix("?")
+        try:
+            if self.command_format != 1 and header.upper() not in (":CFORM1", ":CFORM0", ":*IDN"):
+                raise ScpiError(-113, "Undefined header")  # AQ6317-format commands are not modelled
+            reply = find_command(self._commands, header)(query, arguments)
+        except ScpiError as error:
+            self._errors.push(error.code, error.message)
             return None
-        for pattern, handler in self._commands:
-            if pattern.match(header):
-                try:
-                    reply = handler(query, arguments)
-                except ScpiError as error:
-                    self._errors.append((error.code, error.message))
-                    return None
-                return None if reply is None else reply.encode("ascii") + self.output_termination
-        self._errors.append((-113, "Undefined header"))
-        return None
+        return None if reply is None else reply.encode("ascii") + self.output_termination
 
     def _log_in(self, command: str, session: dict[str, Any]) -> bytes | None:
         if session["state"] == "user":
@@ -215,29 +224,22 @@ class AQ6370Twin(InstrumentTwin):
         return 10.0 * np.log10(np.maximum(watts, 1e-21) / 1e-3)  # the display floor: -180 dBm
 
     # -- commands --------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _require(condition: bool) -> None:
-        if not condition:
-            raise ScpiError(-113, "Undefined header")
-
     def _idn(self, query: bool, arguments: str) -> str:
-        self._require(query)
+        require_form(query)
         return self.identification
 
     def _cls(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         self._errors.clear()
         self.operation_event = 0
 
     def _cform(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
 
     def _error_next(self, query: bool, arguments: str) -> str:
-        self._require(query)
-        if not self._errors:
-            return '0,"No error"'
-        code, message = self._errors.popleft()
-        return f'{code},"{message}"'
+        require_form(query)
+        code, message, _ = self._errors.pop()
+        return format_error(code, message)
 
     def _wavelength(self, query: bool, arguments: str) -> float | None:
         if query:
@@ -294,7 +296,7 @@ class AQ6370Twin(InstrumentTwin):
         raise ScpiError(-224, "Illegal parameter value")
 
     def _initiate(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         if self.sweep_mode != "SING" or not self.start_nm < self.stop_nm:
             raise ScpiError(-221, "Settings conflict")  # the twin sweeps single sweeps over a positive span only
         now_s = self.bench.now()
@@ -304,12 +306,12 @@ class AQ6370Twin(InstrumentTwin):
         self.bench.hold_busy_until(self.role, end_s)
 
     def _abort(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         self._sweep = None
         self.bench.hold_busy_until(self.role, self.bench.now())
 
     def _operation_event(self, query: bool, arguments: str) -> str:
-        self._require(query)
+        require_form(query)
         value, self.operation_event = self.operation_event, 0  # reading the event register clears it
         return str(value)
 
@@ -361,6 +363,6 @@ class AQ6370Twin(InstrumentTwin):
         return format_nr3(self._levels())
 
     def _require_trace_a(self, query: bool, arguments: str) -> None:
-        self._require(query)
+        require_form(query)
         if arguments.strip().upper() != "TRA":
             raise ScpiError(-224, "Illegal parameter value")  # the twin keeps trace A only

@@ -320,10 +320,8 @@ class FaultPlan:
         for rule in self.rules:
             if rule.role != role or (rule.count and rule.fired >= rule.count):
                 continue
-            if rule.at_command is not None:
-                due = count >= rule.at_command  # from that command on, `count` commands in a row
-            else:
-                due = self._rng.random() < rule.rate
+            # scheduled: from that command on, `count` commands in a row; otherwise at random
+            due = count >= rule.at_command if rule.at_command is not None else self._rng.random() < rule.rate
             if due:
                 rule.fired += 1
                 fired.append(rule.kind)

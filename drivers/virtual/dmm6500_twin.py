@@ -1,10 +1,12 @@
 """Virtual Keithley DMM6500 in digitize mode, sampling the bench's photodetector voltage.
 
 Speaks the subset :mod:`drivers.keithley_dmm6500` uses, byte for byte: ``\\n`` after every reply; no reply to a
-command; SCPI long and short forms (``:TRIGger:BLOCk:MDIGitize`` = ``:TRIG:BLOC:MDIG``, optional ``SENSe``); a
-rejected command or query is silent and leaves ``<code>,"<message>;1;<date time>"`` in the error queue, read with
-``:SYST:ERR?`` (``0,"No error;0;0 0"`` when empty). Binary data (``:FORM:DATA REAL|SREAL``) is an indefinite-length
-block ``#0<bytes>\\n`` in the byte order of ``:FORM:BORD`` (``SWAP`` = little-endian, the power-on default).
+command; SCPI long and short forms (``:TRIGger:BLOCk:MDIGitize`` = ``:TRIG:BLOC:MDIG``, optional ``[:SENSe[1]]``); a
+rejected command or query is silent and leaves ``<code>,"<message>;1;<date time>"`` in the error queue (1000
+entries, SCPI overflow), read with ``:SYST:ERR?`` (``0,"No error;0;0 0"`` when empty; the time is the computer's
+clock when the entry is read). Binary data (``:FORM:DATA REAL|SREAL``) is an indefinite-length block ``#0<bytes>\\n``
+in the byte order of ``:FORM:BORD`` (``SWAP`` = little-endian, the power-on default). The SCPI plumbing is
+:mod:`drivers.virtual.scpi`.
 
 Trigger model
 -------------
@@ -28,7 +30,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,6 +37,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from drivers.virtual.bench import VirtualBench
+from drivers.virtual.scpi import (
+    ErrorQueue,
+    ScpiError,
+    check_range,
+    find_command,
+    format_nr3,
+    format_nr3_list,
+    matches_mnemonic,
+    parse_number,
+    require_form,
+    scpi_header,
+    split_arguments,
+    split_command,
+)
 from drivers.virtual.server import InstrumentTwin
 
 OVERFLOW_READING_V = 9.9e37
@@ -44,81 +59,7 @@ DC_BUFFER = "defbuffer2"
 RANGES_V = (0.1, 1.0, 10.0, 100.0, 1000.0)
 MAX_BUFFER_POINTS = 7_000_000
 MIN_BUFFER_POINTS = 10
-
-
-# -- SCPI header matching (shared with the other SCPI twins in this package) ----------------------------------------
-
-
-def scpi_header(pattern: str) -> re.Pattern[str]:
-    """Compile an SCPI header pattern in manual notation into a regex that matches long and short forms.
-
-    Nodes are separated by ``:``; ``[NODE]`` is optional; ``A|B`` are alternatives; the upper-case part of a node
-    is its short form. A leading ``:`` in the header is optional; matching ignores case.
-
-    Examples
-    --------
-    >>> bool(scpi_header("[SENSe]:DIGitize:VOLTage:SRATe").match(":DIG:VOLT:SRAT"))
-    True
-    >>> bool(scpi_header("TRACe:[DATA]:X").match(":TRACE:DATA:X"))
-    True
-    """
-    parts = []
-    for node in pattern.strip(":").split(":"):
-        optional = node.startswith("[") and node.endswith("]")
-        forms: set[str] = set()
-        for alternative in node.strip("[]").split("|"):
-            short = re.match(r"[A-Z0-9*]*", alternative)
-            forms.add(alternative.upper())
-            if short and short.group(0):
-                forms.add(short.group(0))
-        body = "(?::(?:" + "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True)) + "))"
-        parts.append(body + "?" if optional else body)
-    return re.compile("^" + "".join(parts) + "$", re.IGNORECASE)
-
-
-def split_command(command: str) -> tuple[str, bool, str]:
-    """``':TRAC:ACT? "defbuffer1"'`` → (``':TRAC:ACT'``, True, ``'"defbuffer1"'``).
-
-    The header always gets a leading ``:`` (``*IDN?`` → ``:*IDN``) so :func:`scpi_header` patterns match it.
-    """
-    header, _, arguments = command.strip().partition(" ")
-    query = header.endswith("?")
-    header = header.removesuffix("?")
-    if not header.startswith(":"):
-        header = ":" + header
-    return header, query, arguments.strip()
-
-
-def split_arguments(arguments: str) -> list[str]:
-    """Comma-separated parameters, unquoted (``'1, "defbuffer1", AUTO'`` → ``['1', 'defbuffer1', 'AUTO']``)."""
-    if not arguments:
-        return []
-    return [part.strip().strip('"').strip("'") for part in arguments.split(",")]
-
-
-def matches_mnemonic(value: str, mnemonic: str) -> bool:
-    """True if ``value`` is the long or short form of ``mnemonic`` in manual notation (``RISing``)."""
-    short = re.match(r"[A-Z0-9]*", mnemonic)
-    return value.upper() in {mnemonic.upper(), short.group(0) if short else mnemonic.upper()}
-
-
-class ScpiError(Exception):
-    """A command the instrument rejects: queued as ``code,"message"``, no reply."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code} {message}")
-        self.code = code
-        self.message = message
-
-
-def parse_number(text: str, name: str, minimum: float, maximum: float) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ScpiError(-104, "Data type error") from None
-    if not math.isfinite(value) or not minimum <= value <= maximum:
-        raise ScpiError(-222, "Data out of range")
-    return value
+ERROR_QUEUE_LENGTH = 1000
 
 
 # -- the twin ------------------------------------------------------------------------------------------------------
@@ -162,7 +103,7 @@ class DMM6500Twin(InstrumentTwin):
 
     def __init__(self, bench: VirtualBench) -> None:
         super().__init__(bench)
-        self._errors: deque[tuple[int, str]] = deque(maxlen=1000)
+        self._errors = ErrorQueue(ERROR_QUEUE_LENGTH)
         self._acquisition: _Acquisition | None = None
         self._line_buffer_cleared = True
         self._dc_readings = 0
@@ -174,48 +115,42 @@ class DMM6500Twin(InstrumentTwin):
                 ("*RST", self._rst),
                 ("*CLS", self._cls),
                 ("*OPC", self._opc),
-                ("SYSTem:ERRor:[NEXT]", self._error_next),
-                ("[SENSe1|SENSe]:DIGitize:FUNCtion:[ON]", self._digitize_function),
-                ("[SENSe1|SENSe]:FUNCtion:[ON]", self._measure_function),
-                ("[SENSe1|SENSe]:DIGitize:VOLTage:RANGe:[UPPer]", self._range),
-                ("[SENSe1|SENSe]:DIGitize:VOLTage:SRATe", self._sample_rate),
-                ("[SENSe1|SENSe]:DIGitize:COUNt", self._count),
-                ("TRACe:POINts", self._trace_points),
-                ("TRACe:CLEar", self._trace_clear),
-                ("TRACe:ACTual", self._trace_actual),
-                ("TRACe:DATA", self._trace_data),
-                ("FORMat:[DATA]", self._format),
-                ("FORMat:BORDer", self._byte_order),
-                ("TRIGger:EXTernal:IN:EDGE", self._external_edge),
-                ("TRIGger:LOAD", self._trigger_load),
-                ("TRIGger:BLOCk:BUFFer:CLEar", self._block_buffer_clear),
-                ("TRIGger:BLOCk:WAIT", self._block_wait),
-                ("TRIGger:BLOCk:MDIGitize", self._block_mdigitize),
-                ("INITiate:[IMMediate]", self._initiate),
-                ("ABORt", self._abort),
-                ("MEASure:VOLTage:[DC]", self._measure_dc),
+                (":SYSTem:ERRor[:NEXT]", self._error_next),
+                ("[:SENSe[1]]:DIGitize:FUNCtion[:ON]", self._digitize_function),
+                ("[:SENSe[1]]:FUNCtion[:ON]", self._measure_function),
+                ("[:SENSe[1]]:DIGitize:VOLTage:RANGe[:UPPer]", self._range),
+                ("[:SENSe[1]]:DIGitize:VOLTage:SRATe", self._sample_rate),
+                ("[:SENSe[1]]:DIGitize:COUNt", self._count),
+                (":TRACe:POINts", self._trace_points),
+                (":TRACe:CLEar", self._trace_clear),
+                (":TRACe:ACTual", self._trace_actual),
+                (":TRACe:DATA", self._trace_data),
+                (":FORMat[:DATA]", self._format),
+                (":FORMat:BORDer", self._byte_order),
+                (":TRIGger:EXTernal:IN:EDGE", self._external_edge),
+                (":TRIGger:LOAD", self._trigger_load),
+                (":TRIGger:BLOCk:BUFFer:CLEar", self._block_buffer_clear),
+                (":TRIGger:BLOCk:WAIT", self._block_wait),
+                (":TRIGger:BLOCk:MDIGitize", self._block_mdigitize),
+                (":INITiate[:IMMediate]", self._initiate),
+                (":ABORt", self._abort),
+                (":MEASure:VOLTage[:DC]", self._measure_dc),
             )
         ]
 
     # -- protocol ------------------------------------------------------------------------------------------------
     def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
         self._follow_acquisition()
-        header, query, arguments = split_command(command)
-        for pattern, handler in self._commands:
-            if pattern.match(header):
-                try:
-                    reply = handler(query, arguments)
-                except ScpiError as error:
-                    self._queue_error(error.code, error.message)
-                    return None
-                if reply is None:
-                    return None
-                return reply if isinstance(reply, bytes) else reply.encode("ascii") + self.output_termination
-        self._queue_error(-113, "Undefined header")
-        return None
-
-    def _queue_error(self, code: int, message: str) -> None:
-        self._errors.append((code, message))
+        header, arguments = split_command(command)
+        query = header.endswith("?")
+        try:
+            reply = find_command(self._commands, header.removesuffix("?"))(query, arguments)
+        except ScpiError as error:
+            self._errors.push(error.code, error.message)
+            return None
+        if reply is None:
+            return None
+        return reply if isinstance(reply, bytes) else reply.encode("ascii") + self.output_termination
 
     # -- state ---------------------------------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -287,32 +222,32 @@ class DMM6500Twin(InstrumentTwin):
 
     # -- commands --------------------------------------------------------------------------------------------------
     def _idn(self, query: bool, arguments: str) -> str:
-        self._require(query)
+        require_form(query)
         return self.identification
 
     def _rst(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         self._reset()
 
     def _cls(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         self._errors.clear()
 
     def _opc(self, query: bool, arguments: str) -> str | None:
         return "1" if query else None
 
     def _error_next(self, query: bool, arguments: str) -> str:
-        self._require(query)
-        if not self._errors:
+        require_form(query)
+        code, message, _ = self._errors.pop()
+        if code == 0:
             return '0,"No error;0;0 0"'
-        code, message = self._errors.popleft()
         stamp = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime())
         return f'{code},"{message};1;{stamp}.000"'
 
     def _digitize_function(self, query: bool, arguments: str) -> str | None:
         if query:
             return f'"{self.digitize_function}"' if self.digitize_function != "NONE" else "NONE"
-        names = split_arguments(arguments)
+        names = _parameters(arguments)
         if len(names) != 1:
             raise ScpiError(-109, "Missing parameter")
         if matches_mnemonic(names[0], "VOLTage"):
@@ -327,7 +262,7 @@ class DMM6500Twin(InstrumentTwin):
     def _measure_function(self, query: bool, arguments: str) -> str | None:
         if query:
             return f'"{self.measure_function}"' if self.measure_function != "NONE" else "NONE"
-        names = split_arguments(arguments)
+        names = _parameters(arguments)
         if len(names) != 1 or names[0].upper() not in {"VOLT:DC", "VOLTAGE:DC", "VOLT", "VOLTAGE"}:
             raise ScpiError(-224, "Illegal parameter value")  # the twin only measures DC volts
         self._select_dc_volts()
@@ -339,23 +274,23 @@ class DMM6500Twin(InstrumentTwin):
 
     def _range(self, query: bool, arguments: str) -> str | None:
         if query:
-            return f"{self.range_v:.6E}"
-        wanted = abs(parse_number(arguments, "range", -1000.0, 1000.0))
+            return format_nr3(self.range_v)
+        wanted = abs(_number(arguments, -1000.0, 1000.0))
         self.range_v = next(level for level in RANGES_V if wanted <= level)  # the smallest range that fits
         return None
 
     def _sample_rate(self, query: bool, arguments: str) -> str | None:
         if query:
-            return f"{self.sample_rate_hz:.6E}"
+            return format_nr3(self.sample_rate_hz)
         self._require_idle()
-        self.sample_rate_hz = parse_number(arguments, "sample rate", 1e3, 1e6)
+        self.sample_rate_hz = _number(arguments, 1e3, 1e6)
         return None
 
     def _count(self, query: bool, arguments: str) -> str | None:
         if query:
             return str(self.digitize_count)
         self._require_idle()
-        self.digitize_count = int(parse_number(arguments, "count", 1, 55_000_000))
+        self.digitize_count = int(_number(arguments, 1, 55_000_000))
         return None
 
     def _buffer_name(self, arguments: list[str], position: int) -> str:
@@ -365,43 +300,43 @@ class DMM6500Twin(InstrumentTwin):
         return name
 
     def _trace_points(self, query: bool, arguments: str) -> str | None:
-        parts = split_arguments(arguments)
+        parts = _parameters(arguments)
         if query:
             return str(self.buffer_points) if self._buffer_name(parts, 0) == LINE_BUFFER else "100000"
         if not parts:
             raise ScpiError(-109, "Missing parameter")
         self._require_idle()
-        points = int(parse_number(parts[0], "points", MIN_BUFFER_POINTS, MAX_BUFFER_POINTS))
+        points = int(_number(parts[0], MIN_BUFFER_POINTS, MAX_BUFFER_POINTS))
         if self._buffer_name(parts, 1) == LINE_BUFFER:
             self.buffer_points = points
             self._line_buffer_cleared = True  # resizing a buffer clears it
         return None
 
     def _trace_clear(self, query: bool, arguments: str) -> None:
-        self._require(not query)
-        if self._buffer_name(split_arguments(arguments), 0) == LINE_BUFFER:
+        require_form(not query)
+        if self._buffer_name(_parameters(arguments), 0) == LINE_BUFFER:
             self._require_idle()
             self._line_buffer_cleared = True
         else:
             self._dc_readings = 0
 
     def _trace_actual(self, query: bool, arguments: str) -> str:
-        self._require(query)
-        if self._buffer_name(split_arguments(arguments), 0) == DC_BUFFER:
+        require_form(query)
+        if self._buffer_name(_parameters(arguments), 0) == DC_BUFFER:
             return str(self._dc_readings)
         samples, _ = self._line_samples()
         return str(samples.size)
 
     def _trace_data(self, query: bool, arguments: str) -> bytes:
-        self._require(query)
-        parts = split_arguments(arguments)
+        require_form(query)
+        parts = _parameters(arguments)
         if len(parts) < 2:
             raise ScpiError(-109, "Missing parameter")
         if self._buffer_name(parts, 2) != LINE_BUFFER:
             raise ScpiError(-224, "Illegal parameter value")  # the twin keeps no DC readings
         samples, relative_s = self._line_samples()
-        first = int(parse_number(parts[0], "start", 1, MAX_BUFFER_POINTS))
-        last = int(parse_number(parts[1], "end", 1, MAX_BUFFER_POINTS))
+        first = int(_number(parts[0], 1, MAX_BUFFER_POINTS))
+        last = int(_number(parts[1], 1, MAX_BUFFER_POINTS))
         if not first <= last <= samples.size:
             raise ScpiError(-222, "Data out of range")
         columns = []
@@ -417,7 +352,7 @@ class DMM6500Twin(InstrumentTwin):
 
     def _values_reply(self, values: np.ndarray) -> bytes:
         if self.data_format == "ASC":
-            return ",".join(f"{value:.6E}" for value in values).encode("ascii") + self.output_termination
+            return format_nr3_list(values).encode("ascii") + self.output_termination
         dtype = "f8" if self.data_format == "REAL" else "f4"
         data = np.ascontiguousarray(values, dtype=(">" if self.big_endian else "<") + dtype).tobytes()
         return b"#0" + data + self.output_termination
@@ -452,16 +387,16 @@ class DMM6500Twin(InstrumentTwin):
         raise ScpiError(-224, "Illegal parameter value")
 
     def _trigger_load(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         self._require_idle()
-        parts = split_arguments(arguments)
+        parts = _parameters(arguments)
         if not parts or parts[0].upper() != "EMPTY":
             raise ScpiError(-224, "Illegal parameter value")  # the twin offers only the "Empty" template
         self.blocks = []
 
     def _add_block(self, number_text: str, kind: str, parameters: tuple[Any, ...]) -> None:
         self._require_idle()
-        number = int(parse_number(number_text, "block", 1, 63))
+        number = int(_number(number_text, 1, 63))
         if number > len(self.blocks) + 1:
             raise ScpiError(-222, "Data out of range")  # blocks are numbered without gaps
         if number == len(self.blocks) + 1:
@@ -470,15 +405,15 @@ class DMM6500Twin(InstrumentTwin):
             self.blocks[number - 1] = (kind, parameters)
 
     def _block_buffer_clear(self, query: bool, arguments: str) -> None:
-        self._require(not query)
-        parts = split_arguments(arguments)
+        require_form(not query)
+        parts = _parameters(arguments)
         if not parts:
             raise ScpiError(-109, "Missing parameter")
         self._add_block(parts[0], "clear", (self._buffer_name(parts, 1),))
 
     def _block_wait(self, query: bool, arguments: str) -> None:
-        self._require(not query)
-        parts = split_arguments(arguments)
+        require_form(not query)
+        parts = _parameters(arguments)
         if len(parts) < 2:
             raise ScpiError(-109, "Missing parameter")
         if not matches_mnemonic(parts[1], "EXTernal"):
@@ -489,18 +424,18 @@ class DMM6500Twin(InstrumentTwin):
         self._add_block(parts[0], "wait", (matches_mnemonic(clear, "ENTer"),))
 
     def _block_mdigitize(self, query: bool, arguments: str) -> None:
-        self._require(not query)
-        parts = split_arguments(arguments)
+        require_form(not query)
+        parts = _parameters(arguments)
         if len(parts) < 2:
             raise ScpiError(-109, "Missing parameter")
         if self._buffer_name(parts, 1) != LINE_BUFFER:
             raise ScpiError(-224, "Illegal parameter value")
         count_text = parts[2] if len(parts) > 2 else "AUTO"
-        count = None if count_text.upper() == "AUTO" else int(parse_number(count_text, "count", 1, 55_000_000))
+        count = None if count_text.upper() == "AUTO" else int(_number(count_text, 1, 55_000_000))
         self._add_block(parts[0], "digitize", (count,))
 
     def _initiate(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         if self.running:
             raise ScpiError(-213, "Init ignored")
         now_s = self.bench.now()
@@ -527,15 +462,15 @@ class DMM6500Twin(InstrumentTwin):
             self._follow_acquisition()  # the stage may already have fired after the arm time
 
     def _abort(self, query: bool, arguments: str) -> None:
-        self._require(not query)
+        require_form(not query)
         self._stop_acquisition()
         self._follow_acquisition()
 
     def _measure_dc(self, query: bool, arguments: str) -> str | bytes:
-        self._require(query)
+        require_form(query)
         if self.running:
             raise ScpiError(-221, "Settings conflict")
-        buffer = self._buffer_name(split_arguments(arguments), 0)
+        buffer = self._buffer_name(_parameters(arguments), 0)
         self._select_dc_volts()
         value = float(self.bench.detector_signal_v(np.array([self.bench.now()]))[0])
         if buffer == DC_BUFFER:
@@ -543,16 +478,21 @@ class DMM6500Twin(InstrumentTwin):
         else:
             self._line_buffer_cleared = True  # the twin keeps one kind of data per buffer
         if self.data_format == "ASC":
-            return f"{value:.6E}"
+            return format_nr3(value)
         return self._values_reply(np.array([value]))
 
     # -- checks ------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _require(condition: bool) -> None:
-        """A query form of a command-only header, or the reverse, is an undefined header."""
-        if not condition:
-            raise ScpiError(-113, "Undefined header")
-
     def _require_idle(self) -> None:
         if self.running:
             raise ScpiError(-221, "Settings conflict")
+
+
+def _parameters(arguments: str) -> list[str]:
+    """Comma-separated parameters with their quotes removed (``'1, "defbuffer1", AUTO'`` → ``['1', 'defbuffer1',
+    'AUTO']``): the twin takes a buffer name with or without quotes."""
+    return [part.strip('"').strip("'") for part in split_arguments(arguments)]
+
+
+def _number(text: str, minimum: float, maximum: float) -> float:
+    """A numeric parameter in ``[minimum, maximum]`` (the twin takes no MIN/MAX/DEF keywords)."""
+    return check_range(parse_number(text), minimum, maximum)

@@ -5,9 +5,11 @@ What it emulates
 The subset :mod:`drivers.keithley_2450` uses, in the forms the 2450 Reference Manual documents: headers in short or
 long form, any case, optional nodes (``SOURce[1]``, ``[:LEVel][:IMMediate][:AMPLitude]``, ``OUTPut[1][:STATe]``,
 ``FUNCtion[:MODE]``, ``SYSTem:ERRor[:NEXT]``, ``INITiate[:IMMediate]``, ``[:DC]``), ``MINimum``/``MAXimum``/
-``DEFault`` for levels and limits. A rejected command or query is not answered; it posts an event that
-``:SYST:ERR?`` returns as ``<code>,"<message>;<severity>;<yyyy/mm/dd hh:mm:ss.mmm>"`` (``0,"No error;0;0 0"`` when
-the queue is empty), e.g. ``-113,"Undefined header;1;..."`` or ``-222,"Parameter data out of range;1;..."``.
+``DEFault`` for levels and limits; a channel suffix other than 1 is -114. Each header's template is in
+``Keithley2450Twin._handlers``, matched by :mod:`drivers.virtual.scpi`. A rejected command or query is not
+answered; it posts an event that ``:SYST:ERR?`` returns as ``<code>,"<message>;<severity>;<yyyy/mm/dd
+hh:mm:ss.mmm>"`` (``0,"No error;0;0 0"`` when the queue is empty), e.g. ``-113,"Undefined header;1;..."`` or
+``-222,"Parameter data out of range;1;..."``; the event log holds 100 entries (SCPI overflow).
 
 Physics comes from the bench: readings are :meth:`VirtualBench.smu_voltage_v` / :meth:`VirtualBench.smu_current_a`
 for the chip the probes touch, and :attr:`VirtualBench.smu` carries the output state, the active source function,
@@ -24,12 +26,25 @@ other than ``READ`` and ``SOUR``.
 from __future__ import annotations
 
 import datetime
-import re
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from drivers.virtual.bench import VirtualBench
+from drivers.virtual.scpi import (
+    ErrorQueue,
+    ScpiError,
+    check_range,
+    find_command,
+    format_nr3,
+    matches_mnemonic,
+    parse_number,
+    scpi_header,
+    split_arguments,
+    split_command,
+    unquote,
+)
 from drivers.virtual.server import InstrumentTwin
 
 IDENTITY = "KEITHLEY INSTRUMENTS,MODEL 2450,04412345,1.7.3c"
@@ -38,44 +53,7 @@ MEASURE_TIME_S = 0.02  # one reading at 1 NPLC on 50 Hz mains
 AUTO_DELAY_S = 0.001  # what a sweep delay of -1 (autodelay) costs per point here
 _EPOCH = datetime.datetime(2024, 1, 1)  # the event log's clock reads this date plus virtual time
 _MAX_EVENTS = 100
-
-# long form → short form of every mnemonic the twin knows (the SCPI rule: either exact form, any case)
-_MNEMONICS = {
-    "SOURCE": "SOUR",
-    "SENSE": "SENS",
-    "CURRENT": "CURR",
-    "VOLTAGE": "VOLT",
-    "LEVEL": "LEV",
-    "IMMEDIATE": "IMM",
-    "AMPLITUDE": "AMPL",
-    "VLIMIT": "VLIM",
-    "ILIMIT": "ILIM",
-    "TRIPPED": "TRIP",
-    "FUNCTION": "FUNC",
-    "MODE": "MODE",
-    "RANGE": "RANG",
-    "AUTO": "AUTO",
-    "OUTPUT": "OUTP",
-    "STATE": "STAT",
-    "MEASURE": "MEAS",
-    "READ": "READ",
-    "SWEEP": "SWE",
-    "LINEAR": "LIN",
-    "INITIATE": "INIT",
-    "TRACE": "TRAC",
-    "DATA": "DATA",
-    "CLEAR": "CLE",
-    "ACTUAL": "ACT",
-    "SYSTEM": "SYST",
-    "ERROR": "ERR",
-    "NEXT": "NEXT",
-    "DC": "DC",
-}
-_SHORT_FORMS = {**_MNEMONICS, **{short: short for short in _MNEMONICS.values()}}
-# nodes that may have a numeric suffix, which must be 1 on a single-channel instrument
-_SUFFIXED = {"SOUR", "SENS", "OUTP"}
-# (node, the node before it or None for anywhere) that may be left out
-_OPTIONAL = {("LEV", None), ("IMM", None), ("AMPL", None), ("STAT", "OUTP"), ("MODE", "FUNC"), ("NEXT", "ERR")}
+_OUT_OF_RANGE = "Parameter data out of range"  # the 2450's text for -222
 
 _CURRENT_MAX_A = 1.05
 _VOLTAGE_MAX_V = 210.0
@@ -87,26 +65,11 @@ _LIMITS = {
 }
 _BUFFERS = ("defbuffer1", "defbuffer2")
 
-
-class _CommandError(Exception):
-    """A command the 2450 rejects: becomes an event in the error queue and no reply."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+Handler = Callable[[list[str]], str | None]
 
 
-def _undefined_header() -> _CommandError:
-    return _CommandError(-113, "Undefined header")
-
-
-def _out_of_range() -> _CommandError:
-    return _CommandError(-222, "Parameter data out of range")
-
-
-def _illegal_value() -> _CommandError:
-    return _CommandError(-224, "Illegal parameter value")
+def _illegal_value() -> ScpiError:
+    return ScpiError(-224, "Illegal parameter value")
 
 
 @dataclass
@@ -130,48 +93,6 @@ class _State:
     sweep: _Sweep | None = None
 
 
-def _format(value: float) -> str:
-    return f"{value:.6E}"
-
-
-def _split_arguments(text: str) -> list[str]:
-    """Split a parameter list at commas outside quotes; strip blanks."""
-    arguments, current, quote = [], "", ""
-    for char in text:
-        if quote:
-            current += char
-            if char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-            current += char
-        elif char == ",":
-            arguments.append(current.strip())
-            current = ""
-        else:
-            current += char
-    if current.strip() or arguments:
-        arguments.append(current.strip())
-    return arguments
-
-
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        return text[1:-1]
-    raise _CommandError(-104, "Data type error")
-
-
-def _number(text: str, *, special: dict[str, float] | None = None) -> float:
-    word = text.upper()
-    for long, short in (("MINIMUM", "MIN"), ("MAXIMUM", "MAX"), ("DEFAULT", "DEF")):
-        if special is not None and word in (long, short):
-            return special[short]
-    try:
-        return float(text)
-    except ValueError:
-        raise _CommandError(-104, "Data type error") from None
-
-
 def _boolean(text: str) -> bool:
     word = text.upper()
     if word in ("ON", "1"):
@@ -182,22 +103,22 @@ def _boolean(text: str) -> bool:
 
 
 def _function_word(text: str) -> str:
-    word = _SHORT_FORMS.get(text.upper())
-    if word not in ("CURR", "VOLT"):
-        raise _illegal_value()
-    return word
+    for mnemonic in ("CURRent", "VOLTage"):
+        if matches_mnemonic(text, mnemonic):
+            return mnemonic[:4].upper()
+    raise _illegal_value()
 
 
 def _bit(on: bool) -> str:
     return "1" if on else "0"
 
 
-def _plain(function: Callable[[], str | None]) -> Callable[[list[str]], str | None]:
+def _plain(function: Callable[[], str | None]) -> Handler:
     """A handler for a command that takes no parameters (any given are -108)."""
 
     def handler(arguments: list[str]) -> str | None:
         if arguments:
-            raise _CommandError(-108, "Parameter not allowed")
+            raise ScpiError(-108, "Parameter not allowed")
         return function()
 
     return handler
@@ -205,35 +126,10 @@ def _plain(function: Callable[[], str | None]) -> Callable[[list[str]], str | No
 
 def _one_argument(arguments: list[str]) -> str:
     if not arguments:
-        raise _CommandError(-109, "Missing parameter")
+        raise ScpiError(-109, "Missing parameter")
     if len(arguments) > 1:
-        raise _CommandError(-108, "Parameter not allowed")
+        raise ScpiError(-108, "Parameter not allowed")
     return arguments[0]
-
-
-def _canonical_header(header: str) -> str:
-    """``:SOURce1:CURRent:LEVel:IMMediate:AMPLitude`` → ``SOUR:CURR``; unknown mnemonics raise -113."""
-    nodes: list[str] = []
-    for raw in header.lstrip(":").split(":"):
-        match = re.fullmatch(r"([A-Za-z]+)(\d*)", raw)
-        if match is None:
-            raise _undefined_header()
-        word, suffix = match.group(1).upper(), match.group(2)
-        short = _SHORT_FORMS.get(word)
-        if short is None:
-            raise _undefined_header()
-        if suffix and (short not in _SUFFIXED or suffix != "1"):
-            raise _CommandError(-114, "Header suffix out of range")
-        nodes.append(short)
-    kept: list[str] = []
-    for index, node in enumerate(nodes):
-        before = nodes[index - 1] if index else None
-        if (node, None) in _OPTIONAL or (node, before) in _OPTIONAL:
-            continue
-        if node == "DC" and before in ("CURR", "VOLT"):
-            continue
-        kept.append(node)
-    return ":".join(kept)
 
 
 class Keithley2450Twin(InstrumentTwin):
@@ -246,88 +142,75 @@ class Keithley2450Twin(InstrumentTwin):
     def __init__(self, bench: VirtualBench) -> None:
         super().__init__(bench)
         # one instrument, many connections: its settings, event log and buffers live here, not in a session
-        self.events: list[str] = []
+        self.events = ErrorQueue(_MAX_EVENTS)
         self.buffers: dict[str, list[tuple[float, float]]] = {name: [] for name in _BUFFERS}
         self.state = _State()
-        self._dispatch = self._handlers()
+        self._commands = [(scpi_header(template), handler) for template, handler in self._handlers()]
         with bench.lock:
             self._reset()
 
     # -- dispatch --------------------------------------------------------------------------------------------------
     def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
-        text = command.strip()
-        header, _, argument_text = text.partition(" ")
-        arguments = _split_arguments(argument_text)
+        header, argument_text = split_command(command)
         try:
-            reply = self._execute(header, arguments)
-        except _CommandError as error:
-            self._post_event(error.code, error.message)
+            reply = find_command(self._commands, header)(split_arguments(argument_text))
+        except ScpiError as error:
+            self.events.push(error.code, error.message, time_s=self.bench.now())
             return None
         if reply is None:
             return None
         return reply.encode("ascii") + self.output_termination
 
-    def _execute(self, header: str, arguments: list[str]) -> str | None:
-        is_query = header.endswith("?")
-        name = header.rstrip("?")
-        key = name.upper() if name.startswith("*") else _canonical_header(name)
-        handler = self._dispatch.get((key, is_query))
-        if handler is None:
-            raise _undefined_header()
-        return handler(arguments)
-
-    def _handlers(self) -> dict[tuple[str, bool], Callable[[list[str]], str | None]]:
-        """(canonical header, is query) → handler taking the parameter list."""
-        return {
-            ("*IDN", True): _plain(lambda: IDENTITY),
-            ("*RST", False): _plain(self._reset),
-            ("*CLS", False): _plain(self.events.clear),
-            ("*WAI", False): _plain(lambda: None),  # the sweep already ran during :INIT
-            ("*OPC", True): _plain(lambda: "1"),
-            ("SOUR:FUNC", False): self._set_source_function,
-            ("SOUR:FUNC", True): _plain(lambda: self.state.source_function),
-            ("SOUR:CURR", False): lambda args: self._set_level("CURR", args),
-            ("SOUR:VOLT", False): lambda args: self._set_level("VOLT", args),
-            ("SOUR:CURR", True): _plain(lambda: _format(self.state.levels["CURR"])),
-            ("SOUR:VOLT", True): _plain(lambda: _format(self.state.levels["VOLT"])),
-            ("SOUR:CURR:VLIM", False): lambda args: self._set_limit("CURR", args),
-            ("SOUR:VOLT:ILIM", False): lambda args: self._set_limit("VOLT", args),
-            ("SOUR:CURR:VLIM", True): _plain(lambda: _format(self.state.limits["CURR"])),
-            ("SOUR:VOLT:ILIM", True): _plain(lambda: _format(self.state.limits["VOLT"])),
-            ("SOUR:CURR:VLIM:TRIP", True): _plain(lambda: _bit(self._tripped("CURR"))),
-            ("SOUR:VOLT:ILIM:TRIP", True): _plain(lambda: _bit(self._tripped("VOLT"))),
-            ("SENS:FUNC", False): self._set_sense_function,
-            ("SENS:FUNC", True): _plain(lambda: f'"{self.state.sense_function}:DC"'),
-            ("SENS:CURR:RANG:AUTO", False): lambda args: self._set_autorange("CURR", args),
-            ("SENS:VOLT:RANG:AUTO", False): lambda args: self._set_autorange("VOLT", args),
-            ("SENS:CURR:RANG:AUTO", True): _plain(lambda: _bit(self.state.autorange["CURR"])),
-            ("SENS:VOLT:RANG:AUTO", True): _plain(lambda: _bit(self.state.autorange["VOLT"])),
-            ("OUTP", False): self._set_output,
-            ("OUTP", True): _plain(lambda: _bit(self.bench.smu.output_on)),
-            ("READ", True): lambda args: self._read(None, args),
-            ("MEAS", True): lambda args: self._read(None, args),
-            ("MEAS:CURR", True): lambda args: self._read("CURR", args),
-            ("MEAS:VOLT", True): lambda args: self._read("VOLT", args),
-            ("SOUR:SWE:CURR:LIN", False): lambda args: self._configure_sweep("CURR", args),
-            ("SOUR:SWE:VOLT:LIN", False): lambda args: self._configure_sweep("VOLT", args),
-            ("INIT", False): _plain(self._run_sweep),
-            ("TRAC:CLE", False): self._clear_buffer,
-            ("TRAC:ACT", True): lambda args: str(len(self.buffers[self._buffer_name(args, 0, last=True)])),
-            ("TRAC:DATA", True): self._trace_data,
-            ("SYST:ERR", True): _plain(self._next_event),
-        }
+    def _handlers(self) -> list[tuple[str, Handler]]:
+        """(header template in the manual's notation, handler taking the parameter list)."""
+        source, sense = ":SOURce[1]", ":SENSe[1]"
+        level, limit = "[:LEVel][:IMMediate][:AMPLitude]", "[:LEVel]"
+        return [
+            ("*IDN?", _plain(lambda: IDENTITY)),
+            ("*RST", _plain(self._reset)),
+            ("*CLS", _plain(self.events.clear)),
+            ("*WAI", _plain(lambda: None)),  # the sweep already ran during :INIT
+            ("*OPC?", _plain(lambda: "1")),
+            (f"{source}:FUNCtion[:MODE]", self._set_source_function),
+            (f"{source}:FUNCtion[:MODE]?", _plain(lambda: self.state.source_function)),
+            (f"{source}:CURRent[:DC]{level}", lambda args: self._set_level("CURR", args)),
+            (f"{source}:VOLTage[:DC]{level}", lambda args: self._set_level("VOLT", args)),
+            (f"{source}:CURRent[:DC]{level}?", _plain(lambda: format_nr3(self.state.levels["CURR"]))),
+            (f"{source}:VOLTage[:DC]{level}?", _plain(lambda: format_nr3(self.state.levels["VOLT"]))),
+            (f"{source}:CURRent[:DC]:VLIMit{limit}", lambda args: self._set_limit("CURR", args)),
+            (f"{source}:VOLTage[:DC]:ILIMit{limit}", lambda args: self._set_limit("VOLT", args)),
+            (f"{source}:CURRent[:DC]:VLIMit{limit}?", _plain(lambda: format_nr3(self.state.limits["CURR"]))),
+            (f"{source}:VOLTage[:DC]:ILIMit{limit}?", _plain(lambda: format_nr3(self.state.limits["VOLT"]))),
+            (f"{source}:CURRent[:DC]:VLIMit{limit}:TRIPped?", _plain(lambda: _bit(self._tripped("CURR")))),
+            (f"{source}:VOLTage[:DC]:ILIMit{limit}:TRIPped?", _plain(lambda: _bit(self._tripped("VOLT")))),
+            (f"{sense}:FUNCtion[:MODE]", self._set_sense_function),
+            (f"{sense}:FUNCtion[:MODE]?", _plain(lambda: f'"{self.state.sense_function}:DC"')),
+            (f"{sense}:CURRent[:DC]:RANGe:AUTO", lambda args: self._set_autorange("CURR", args)),
+            (f"{sense}:VOLTage[:DC]:RANGe:AUTO", lambda args: self._set_autorange("VOLT", args)),
+            (f"{sense}:CURRent[:DC]:RANGe:AUTO?", _plain(lambda: _bit(self.state.autorange["CURR"]))),
+            (f"{sense}:VOLTage[:DC]:RANGe:AUTO?", _plain(lambda: _bit(self.state.autorange["VOLT"]))),
+            (":OUTPut[1][:STATe]", self._set_output),
+            (":OUTPut[1][:STATe]?", _plain(lambda: _bit(self.bench.smu.output_on))),
+            (":READ?", lambda args: self._read(None, args)),
+            (":MEASure?", lambda args: self._read(None, args)),
+            (":MEASure:CURRent[:DC]?", lambda args: self._read("CURR", args)),
+            (":MEASure:VOLTage[:DC]?", lambda args: self._read("VOLT", args)),
+            (f"{source}:SWEep:CURRent[:DC]:LINear", lambda args: self._configure_sweep("CURR", args)),
+            (f"{source}:SWEep:VOLTage[:DC]:LINear", lambda args: self._configure_sweep("VOLT", args)),
+            (":INITiate[:IMMediate]", _plain(self._run_sweep)),
+            (":TRACe:CLEar", self._clear_buffer),
+            (":TRACe:ACTual?", lambda args: str(len(self.buffers[self._buffer_name(args, 0, last=True)]))),
+            (":TRACe:DATA?", self._trace_data),
+            (":SYSTem:ERRor[:NEXT]?", _plain(self._next_event)),
+        ]
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def _post_event(self, code: int, message: str) -> None:
-        stamp = _EPOCH + datetime.timedelta(seconds=self.bench.now())
-        text = f"{stamp:%Y/%m/%d %H:%M:%S}.{stamp.microsecond // 1000:03d}"
-        if len(self.events) >= _MAX_EVENTS:
-            self.events[-1] = f'-350,"Queue overflow;1;{text}"'
-            return
-        self.events.append(f'{code},"{message};1;{text}"')
-
     def _next_event(self) -> str:
-        return self.events.pop(0) if self.events else NO_ERROR
+        code, message, time_s = self.events.pop()
+        if code == 0:
+            return NO_ERROR
+        stamp = _EPOCH + datetime.timedelta(seconds=time_s)
+        return f'{code},"{message};1;{stamp:%Y/%m/%d %H:%M:%S}.{stamp.microsecond // 1000:03d}"'
 
     def _sync_bench(self) -> None:
         """Copy the active source function's level and limit into the bench, where the physics reads them."""
@@ -347,10 +230,10 @@ class Keithley2450Twin(InstrumentTwin):
         """The quoted buffer name at ``arguments[index]`` (``defbuffer1`` when absent); with ``last``, nothing may
         follow it."""
         if last and len(arguments) > index + 1:
-            raise _CommandError(-108, "Parameter not allowed")
+            raise ScpiError(-108, "Parameter not allowed")
         if len(arguments) <= index:
             return "defbuffer1"
-        name = _unquote(arguments[index])
+        name = unquote(arguments[index])
         if name not in self.buffers:
             raise _illegal_value()
         return name
@@ -362,18 +245,14 @@ class Keithley2450Twin(InstrumentTwin):
 
     def _set_level(self, function: str, arguments: list[str]) -> None:
         maximum, default, *_ = _LIMITS[function]
-        value = _number(_one_argument(arguments), special={"MIN": -maximum, "MAX": maximum, "DEF": default})
-        if not -maximum <= value <= maximum:
-            raise _out_of_range()
-        self.state.levels[function] = value
+        value = parse_number(_one_argument(arguments), minimum=-maximum, maximum=maximum, default=default)
+        self.state.levels[function] = check_range(value, -maximum, maximum, message=_OUT_OF_RANGE)
         self._sync_bench()
 
     def _set_limit(self, function: str, arguments: list[str]) -> None:
         _, _, minimum, maximum, default = _LIMITS[function]
-        value = abs(_number(_one_argument(arguments), special={"MIN": minimum, "MAX": maximum, "DEF": default}))
-        if not minimum <= value <= maximum:  # limits are absolute values
-            raise _out_of_range()
-        self.state.limits[function] = value
+        value = abs(parse_number(_one_argument(arguments), minimum=minimum, maximum=maximum, default=default))
+        self.state.limits[function] = check_range(value, minimum, maximum, message=_OUT_OF_RANGE)  # magnitudes
         self._sync_bench()
 
     def _limit_tripped(self) -> bool:
@@ -392,7 +271,7 @@ class Keithley2450Twin(InstrumentTwin):
 
     # -- measure -----------------------------------------------------------------------------------------------
     def _set_sense_function(self, arguments: list[str]) -> None:
-        name = _unquote(_one_argument(arguments)).upper()
+        name = unquote(_one_argument(arguments)).upper()
         name = name.removesuffix(":DC")
         self.state.sense_function = _function_word(name)
 
@@ -413,31 +292,31 @@ class Keithley2450Twin(InstrumentTwin):
         source, reading = self._measure()
         self.buffers[buffer].append((source, reading))
         self.bench.hold_busy_until(self.role, self.bench.now() + MEASURE_TIME_S)
-        return _format(reading)
+        return format_nr3(reading)
 
     # -- sweep and buffer ----------------------------------------------------------------------------------------
     def _configure_sweep(self, function: str, arguments: list[str]) -> None:
         """``<start>, <stop>, <points>[, <delay>[, <count>[, <rangeType>[, <failAbort>[, <dual>[, "<buffer>"]]]]]]``"""
         if len(arguments) < 3:
-            raise _CommandError(-109, "Missing parameter")
+            raise ScpiError(-109, "Missing parameter")
         if len(arguments) > 9:
-            raise _CommandError(-108, "Parameter not allowed")
+            raise ScpiError(-108, "Parameter not allowed")
         if function != self.state.source_function:
-            raise _CommandError(-221, "Settings conflict")
+            raise ScpiError(-221, "Settings conflict")
         maximum = _LIMITS[function][0]
-        start, stop = _number(arguments[0]), _number(arguments[1])
-        points_value = _number(arguments[2])
+        start, stop = parse_number(arguments[0]), parse_number(arguments[1])
+        points_value = parse_number(arguments[2])
         if not (-maximum <= start <= maximum and -maximum <= stop <= maximum):
-            raise _out_of_range()
-        if points_value != int(points_value) or not 2 <= points_value <= 1_000_000:
-            raise _out_of_range()
+            raise ScpiError(-222, _OUT_OF_RANGE)
+        if not math.isfinite(points_value) or points_value != int(points_value) or not 2 <= points_value <= 1_000_000:
+            raise ScpiError(-222, _OUT_OF_RANGE)
         points = int(points_value)
-        delay_s = _number(arguments[3]) if len(arguments) > 3 else -1.0
+        delay_s = parse_number(arguments[3]) if len(arguments) > 3 else -1.0
         if not (delay_s in (-1.0, 0.0) or 50e-6 <= delay_s <= 10_000.0):
-            raise _out_of_range()
-        count_value = _number(arguments[4]) if len(arguments) > 4 else 1.0
+            raise ScpiError(-222, _OUT_OF_RANGE)
+        count_value = parse_number(arguments[4]) if len(arguments) > 4 else 1.0
         if count_value != int(count_value) or not 1 <= count_value <= 268_435_455:
-            raise _out_of_range()  # count 0 (run forever) cannot be emulated
+            raise ScpiError(-222, _OUT_OF_RANGE)  # count 0 (run forever) cannot be emulated
         if len(arguments) > 5 and arguments[5].upper() not in ("AUTO", "BEST", "FIX", "FIXED"):
             raise _illegal_value()
         fail_abort = _boolean(arguments[6]) if len(arguments) > 6 else True
@@ -472,16 +351,16 @@ class Keithley2450Twin(InstrumentTwin):
 
     def _trace_data(self, arguments: list[str]) -> str:
         if len(arguments) < 2:
-            raise _CommandError(-109, "Missing parameter")
-        start, end = _number(arguments[0]), _number(arguments[1])
+            raise ScpiError(-109, "Missing parameter")
+        start, end = parse_number(arguments[0]), parse_number(arguments[1])
         buffer = self.buffers[self._buffer_name(arguments, 2)]
         elements = [word.upper() for word in arguments[3:]] or ["READ"]
         if any(element not in ("READ", "READING", "SOUR", "SOURCE") for element in elements):
             raise _illegal_value()
         if start != int(start) or end != int(end) or not 1 <= start <= end <= len(buffer):
-            raise _out_of_range()
+            raise ScpiError(-222, _OUT_OF_RANGE)
         values: list[str] = []
         for source, reading in buffer[int(start) - 1 : int(end)]:
             for element in elements:
-                values.append(_format(source if element.startswith("SOUR") else reading))
+                values.append(format_nr3(source if element.startswith("SOUR") else reading))
         return ",".join(values)

@@ -2,8 +2,9 @@
 
 Byte for byte what the laser sends: ``\\r\\n`` after every line; with handshaking on (the power-up default here)
 ``OK`` after each command and after each query's value; a refused command or query gets the single line
-``ERR-nnn`` instead (no ``OK``). Long and short SCPI forms and the channel suffix ``1`` (``SOUR1:AM:STAT``) are
-accepted, as on the real laser.
+``ERR-nnn`` instead (no ``OK``). Long and short SCPI forms and the channel suffix ``1`` after any mnemonic
+(``SOUR1:AM:STAT``) are accepted, as on the real laser; any other header, including another suffix, is
+``ERR-100``. Header matching is :mod:`drivers.virtual.scpi`'s.
 
 Physics lives in the bench: the setpoint and emission are ``bench.laser.setpoint_w`` / ``emission``; an open
 interlock (``bench.laser.open_interlock()``) has already switched emission off, and ``SOUR:AM:STAT ON`` is then
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from drivers.virtual.bench import VirtualBench
-from drivers.virtual.pm100d_twin import normalized_header, scpi_header
+from drivers.virtual.scpi import ScpiError, find_command, scpi_header, split_command
 from drivers.virtual.server import InstrumentTwin
 
 # SYST:STAT? bits the twin reports (see drivers.obis.OBISStatus)
@@ -52,8 +53,8 @@ class OBISTwin(InstrumentTwin):
         super().__init__(bench)
         self.handshake = True
         self.operating_mode = "CWP"
-        self._commands: list[tuple[re.Pattern[str], Handler, bool]] = [
-            (scpi_header(template, suffix="1?"), handler, template.endswith("?"))
+        self._commands: list[tuple[re.Pattern[str], Handler]] = [
+            (scpi_header(_with_channel_suffix(template)), handler)
             for template, handler in [
                 ("*IDN?", self._identify),
                 (":SYSTem:INFormation:SNUMber?", lambda _: self.serial_number),
@@ -77,19 +78,19 @@ class OBISTwin(InstrumentTwin):
 
     # -- dispatch --------------------------------------------------------------------------------------------
     def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
-        header, _, argument = command.strip().partition(" ")
-        header = normalized_header(header)
-        for pattern, handler, is_query in self._commands:
-            if pattern.match(header):
-                try:
-                    value = handler(argument.strip())
-                except _RefusedError as refusal:
-                    return self._line(refusal.code)
-                lines = [value] if is_query and value is not None else []
-                if self.handshake:
-                    lines.append("OK")
-                return b"".join(self._line(line) for line in lines) or None
-        return self._line("ERR-100")
+        header, argument = split_command(command)
+        try:
+            handler = find_command(self._commands, header)
+        except ScpiError:
+            return self._line("ERR-100")
+        try:
+            value = handler(argument)
+        except _RefusedError as refusal:
+            return self._line(refusal.code)
+        lines = [value] if header.endswith("?") and value is not None else []
+        if self.handshake:
+            lines.append("OK")
+        return b"".join(self._line(line) for line in lines) or None
 
     def _line(self, text: str) -> bytes:
         return text.encode("ascii") + self.output_termination
@@ -138,6 +139,11 @@ class OBISTwin(InstrumentTwin):
         if not laser.interlock_closed:
             word |= _INTERLOCK_OPEN
         return word
+
+
+def _with_channel_suffix(template: str) -> str:
+    """``:SOURce:AM:STATe?`` → ``:SOURce[1]:AM[1]:STATe[1]?``: the laser takes the channel number after any mnemonic."""
+    return template if template.startswith("*") else re.sub(r"([A-Za-z])(?=[:?]|$)", r"\1[1]", template)
 
 
 def _on_off(argument: str) -> bool:

@@ -8,58 +8,31 @@ The reading is what a silicon sensor corrected for the set wavelength reports fo
 (:meth:`drivers.virtual.bench.VirtualBench.power_meter_w`): a correction wavelength different from the laser's
 scales it by the ratio of the sensor's responsivities.
 
-Also home of :func:`scpi_header`, the SCPI header matcher the twins share.
+The SCPI plumbing (header matching, parameters, the error queue) is :mod:`drivers.virtual.scpi`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from drivers.virtual.bench import VirtualBench
+from drivers.virtual.scpi import (
+    ErrorQueue,
+    ScpiError,
+    check_range,
+    find_command,
+    format_error,
+    format_nr3,
+    matches_mnemonic,
+    parse_number,
+    require_argument,
+    scpi_header,
+    split_command,
+)
 from drivers.virtual.server import InstrumentTwin
-
-
-def scpi_header(template: str, *, suffix: str = "") -> re.Pattern[str]:
-    """Compile a SCPI header template such as ``[:SENSe]:CORRection:WAVelength?`` into a regular expression.
-
-    Each mnemonic matches its short form (its capitals) or its long form, in any case; ``[...]`` nodes are
-    optional; common commands (``*IDN?``) match literally. ``suffix`` is a pattern allowed after every mnemonic
-    (``"1?"`` accepts the OBIS channel number as in ``SOUR1:AM:STAT``). Match it against the header with a
-    leading colon (see :func:`normalized_header`).
-
-    Examples
-    --------
-    >>> bool(scpi_header("[:SENSe]:CORRection:WAVelength?").match(":sens:correction:wav?"))
-    True
-    >>> bool(scpi_header("[:SENSe]:CORRection:WAVelength?").match(":CORR:WAVE?"))
-    False
-    """
-    if template.startswith("*"):
-        return re.compile(re.escape(template) + r"\Z", re.IGNORECASE)
-    query = template.endswith("?")
-    nodes = []
-    for bracket, mnemonic in re.findall(r"(\[?):([A-Za-z]+)\]?", template.removesuffix("?")):
-        short = re.match(r"[A-Z]+", mnemonic)
-        if short is None:
-            raise ValueError(f"mnemonic {mnemonic!r} in {template!r} has no short form in capitals")
-        node = f":(?:{mnemonic.upper()}|{short.group()}){suffix}"
-        nodes.append(f"(?:{node})?" if bracket else node)
-    return re.compile("".join(nodes) + (r"\?" if query else "") + r"\Z", re.IGNORECASE)
-
-
-def normalized_header(header: str) -> str:
-    """The header with exactly one leading colon (common commands unchanged), ready for :func:`scpi_header`."""
-    return header if header.startswith("*") else ":" + header.lstrip(":")
-
-
-def format_nr3(value: float) -> str:
-    """A number the way the PM100D sends it: ``1.234567E-03``."""
-    return f"{value:.6E}"
-
 
 Handler = Callable[[str], str | None]
 
@@ -78,7 +51,7 @@ class PM100DTwin(InstrumentTwin):
 
     def __init__(self, bench: VirtualBench) -> None:
         super().__init__(bench)
-        self._errors: deque[tuple[int, str]] = deque()
+        self._errors = ErrorQueue(self.error_queue_length)
         self._reset()
         self._commands: list[tuple[re.Pattern[str], Handler]] = [
             (scpi_header(template), handler)
@@ -110,50 +83,28 @@ class PM100DTwin(InstrumentTwin):
 
     # -- dispatch --------------------------------------------------------------------------------------------
     def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
-        header, _, argument = command.strip().partition(" ")
-        header = normalized_header(header)
-        for pattern, handler in self._commands:
-            if pattern.match(header):
-                reply = handler(argument.strip())
-                return None if reply is None else reply.encode("ascii") + self.output_termination
-        self._push_error(-113, "Undefined header")
-        return None
-
-    def _push_error(self, code: int, message: str) -> None:
-        if len(self._errors) >= self.error_queue_length:
-            # SCPI: a full queue keeps its oldest entries and replaces the newest with "Queue overflow"
-            self._errors[-1] = (-350, "Queue overflow")
-            return
-        self._errors.append((code, message))
-
-    def _number(self, argument: str, minimum: float, maximum: float) -> float | None:
-        """Parse a numeric parameter (or MIN/MAX); queue the SCPI error and return None when it is unusable."""
-        text = argument.upper()
-        if not text:
-            self._push_error(-109, "Missing parameter")
-            return None
-        if text in ("MIN", "MINIMUM"):
-            return minimum
-        if text in ("MAX", "MAXIMUM"):
-            return maximum
+        header, argument = split_command(command)
         try:
-            value = float(text)
-        except ValueError:
-            self._push_error(-104, "Data type error")
+            reply = find_command(self._commands, header)(argument)
+        except ScpiError as error:
+            self._errors.push(error.code, error.message)
             return None
-        if not (math.isfinite(value) and minimum <= value <= maximum):
-            self._push_error(-222, "Data out of range")
-            return None
-        return value
+        return None if reply is None else reply.encode("ascii") + self.output_termination
 
-    def _switch(self, argument: str) -> bool | None:
-        text = argument.upper()
+    @staticmethod
+    def _number(argument: str, minimum: float, maximum: float) -> float:
+        """A numeric parameter (or MIN/MAX) in ``[minimum, maximum]``."""
+        value = parse_number(require_argument(argument), minimum=minimum, maximum=maximum)
+        return check_range(value, minimum, maximum)
+
+    @staticmethod
+    def _switch(argument: str) -> bool:
+        text = require_argument(argument).upper()
         if text in ("ON", "1"):
             return True
         if text in ("OFF", "0"):
             return False
-        self._push_error(-109 if not text else -104, "Missing parameter" if not text else "Data type error")
-        return None
+        raise ScpiError(-104, "Data type error")
 
     # -- commands --------------------------------------------------------------------------------------------
     def _identify(self, argument: str) -> str:
@@ -166,47 +117,38 @@ class PM100DTwin(InstrumentTwin):
         self._reset()
 
     def _next_error(self, argument: str) -> str:
-        code, message = self._errors.popleft() if self._errors else (0, "No error")
-        return f'{code},"{message}"'
+        code, message, _ = self._errors.pop()
+        return format_error(code, message)
 
     def _set_wavelength(self, argument: str) -> None:
-        value = self._number(argument, *self.sensor_range_nm)
-        if value is not None:
-            self.wavelength_nm = value
+        self.wavelength_nm = self._number(argument, *self.sensor_range_nm)
 
-    def _get_wavelength(self, argument: str) -> str | None:
-        which = argument.upper()
-        if which in ("MIN", "MINIMUM"):
+    def _get_wavelength(self, argument: str) -> str:
+        if matches_mnemonic(argument, "MINimum"):
             return format_nr3(self.sensor_range_nm[0])
-        if which in ("MAX", "MAXIMUM"):
+        if matches_mnemonic(argument, "MAXimum"):
             return format_nr3(self.sensor_range_nm[1])
-        if which:
-            self._push_error(-104, "Data type error")
-            return None
+        if argument:
+            raise ScpiError(-104, "Data type error")
         return format_nr3(self.wavelength_nm)
 
     def _set_auto_range(self, argument: str) -> None:
-        state = self._switch(argument)
-        if state is not None:
-            self.auto_range = state
+        self.auto_range = self._switch(argument)
 
     def _get_auto_range(self, argument: str) -> str:
         return "1" if self.auto_range else "0"
 
     def _set_unit(self, argument: str) -> None:
-        text = argument.upper()
-        if text in ("W", "DBM"):
-            self.unit = text
-        else:
-            self._push_error(-109 if not text else -224, "Missing parameter" if not text else "Illegal parameter value")
+        text = require_argument(argument).upper()
+        if text not in ("W", "DBM"):
+            raise ScpiError(-224, "Illegal parameter value")
+        self.unit = text
 
     def _get_unit(self, argument: str) -> str:
         return self.unit
 
     def _set_average_count(self, argument: str) -> None:
-        value = self._number(argument, *self.average_count_range)
-        if value is not None:
-            self.average_count = round(value)
+        self.average_count = round(self._number(argument, *self.average_count_range))
 
     def _get_average_count(self, argument: str) -> str:
         return str(self.average_count)
