@@ -14,20 +14,24 @@ Export a virtual wafer's ground truth and EL reference results (tests and model 
 
     plmapper station truth --profile resources/profiles/demo-2in.toml --out truth.h5
 
-Exit codes: 0 success, 1 a check failed, 2 bad arguments or input files, 3 an instrument error.
+Exit codes: 0 success, 1 a check failed, 2 bad arguments or input files, 3 an instrument error, 4 a scan stopped
+before the end (the file is resumable).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 DEFAULT_STATION = RESOURCES / "stations" / "virtual.toml"
+DEFAULT_RECIPE = RESOURCES / "recipes" / "demo-2in.toml"
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INSTRUMENT = 0, 1, 2, 3
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INSTRUMENT, EXIT_SCAN_INCOMPLETE = 0, 1, 2, 3, 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,12 +40,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_BAD_INPUT
+    from inspection.scanfile import ScanFileError
+
     from drivers.errors import InstrumentError
     from inspection.settings import SettingsError
 
     try:
         return int(args.run(args))
     except SettingsError as error:
+        print(f"plmapper: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FileExistsError, FileNotFoundError, ScanFileError) as error:
         print(f"plmapper: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except InstrumentError as error:
@@ -59,6 +68,23 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run 'plmapper COMMAND --help' for examples.",
     )
     commands = parser.add_subparsers(title="commands")
+
+    scan = commands.add_parser(
+        "scan",
+        help="inspect one wafer",
+        description="Map one wafer: plan from the recipe, scan every pass, write one HDF5 scan file.",
+        epilog="example: plmapper scan --recipe resources/recipes/demo-2in.toml --out scans/W01.h5 --lot L1 --wafer W01"
+        "\n         plmapper scan --resume --out scans/W01.h5   (continue an interrupted scan)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    scan.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="recipe TOML (default: %(default)s)")
+    scan.add_argument("--station", type=Path, default=DEFAULT_STATION, help="station file (default: %(default)s)")
+    scan.add_argument("--out", type=Path, required=True, help="scan file to write (HDF5)")
+    scan.add_argument("--lot", default="LOT", help="lot ID")
+    scan.add_argument("--wafer", default="WAFER", help="wafer ID")
+    scan.add_argument("--operator", default=os.environ.get("USER", "operator"), help="operator name")
+    scan.add_argument("--resume", action="store_true", help="continue the interrupted scan in --out")
+    scan.set_defaults(run=_scan)
     station = commands.add_parser("station", help="check, serve or inspect the station").add_subparsers(
         title="station commands"
     )
@@ -92,6 +118,48 @@ def _parser() -> argparse.ArgumentParser:
     truth.add_argument("--out", type=Path, required=True, help="HDF5 file to write")
     truth.set_defaults(run=_station_truth)
     return parser
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from inspection.scanfile import ScanStatus
+
+    from drivers.station import load_station_config
+    from inspection.job import ScanIdentity, run_scan
+    from inspection.scan import ScanProgress
+
+    config = load_station_config(args.station)
+    last_print = [0.0]
+
+    def show_plan(plan) -> None:
+        print(plan.summary(), flush=True)
+
+    def show_progress(progress: ScanProgress) -> None:
+        now = time.monotonic()
+        if now - last_print[0] < 1.0 and progress.message == "":
+            return
+        last_print[0] = now
+        eta = f"{progress.eta_s:,.0f} s" if progress.eta_s < 1e9 else "?"
+        print(
+            f"  {progress.phase.value:<9} pass {progress.pass_index + 1}/{progress.pass_count}  "
+            f"lines {progress.lines_done}/{progress.lines_total} ({progress.fraction:.0%})  "
+            f"{progress.samples_per_s / 1e6:.2f} M samples/s  ETA {eta}  {progress.message}",
+            flush=True,
+        )
+
+    outcome = run_scan(
+        args.recipe,
+        config,
+        args.out,
+        ScanIdentity(operator=args.operator, lot_id=args.lot, wafer_id=args.wafer),
+        resume=args.resume,
+        on_plan=show_plan,
+        on_progress=show_progress,
+    )
+    print(f"{outcome.status.value}: {outcome.message} ({outcome.path})")
+    if outcome.status is ScanStatus.COMPLETE:
+        return EXIT_OK
+    print(f"resume with: plmapper scan --resume --out {outcome.path}", file=sys.stderr)
+    return EXIT_SCAN_INCOMPLETE
 
 
 def _station_check(args: argparse.Namespace) -> int:

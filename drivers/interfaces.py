@@ -94,6 +94,11 @@ class Stage(HardwareRole):
         """The maximum speed of ``axis``."""
 
     @abc.abstractmethod
+    def acceleration_um_s2(self, axis: Axis) -> float:
+        """The acceleration (and deceleration) of ``axis``: with the velocity it sets the run-up a
+        constant-velocity line needs."""
+
+    @abc.abstractmethod
     def limits_um(self, axis: Axis) -> tuple[float, float]:
         """Soft travel limits (minimum, maximum) of ``axis``."""
 

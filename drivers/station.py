@@ -19,7 +19,7 @@ only ever sees the role interfaces of :mod:`drivers.interfaces`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,6 +158,21 @@ class Station:
     smu: SourceMeter
     name: str = "station"
 
+    _reopen: Callable[[str], Instrument] | None = field(default=None, repr=False)
+
+    def reconnect(self, role: str) -> HardwareRole:
+        """Close the instrument of ``role`` (ignoring a dead connection) and open it again.
+
+        Used after a dropped connection or a garbled exchange, when the instrument itself is fine.
+        """
+        if self._reopen is None:
+            raise InstrumentError(role, "this station was not opened from a station file and cannot reconnect")
+        with contextlib.suppress(InstrumentError):
+            getattr(self, role).close()
+        instrument = self._reopen(role)
+        setattr(self, role, instrument)
+        return instrument  # type: ignore[return-value]
+
     def roles(self) -> dict[str, HardwareRole]:
         return {role: getattr(self, role) for role in ROLES}
 
@@ -186,6 +201,25 @@ class Station:
         self.close()
 
 
+def _open_role(config: StationConfig, role: str, resources: dict[str, str] | None) -> Instrument:
+    """Open the instrument of one role; every failure is an :class:`InstrumentError` naming the role."""
+    instrument_config: InstrumentConfig = getattr(config.instruments, role)
+    resource = (resources or {}).get(role) or instrument_config.resource
+    driver = DRIVERS[instrument_config.driver]
+    name = f"{role} ({driver.model} at {resource})"
+    try:
+        return driver.open(
+            resource,
+            name=name,
+            timeout_s=instrument_config.timeout_s,
+            resource_manager=default_resource_manager(),
+            driver_options=instrument_config.options,
+            **instrument_config.visa_options,
+        )
+    except (TypeError, ValueError) as error:
+        raise InstrumentError(name, f"bad options: {error}") from error
+
+
 def open_station(config: StationConfig, *, resources: dict[str, str] | None = None) -> Station:
     """Open every role of ``config``.
 
@@ -193,33 +227,22 @@ def open_station(config: StationConfig, *, resources: dict[str, str] | None = No
     All roles are attempted; if any fails, the ones that opened are closed again and a :class:`StationError`
     lists one clear line per failed role.
     """
-    manager = default_resource_manager()
     opened: dict[str, Instrument] = {}
     problems: list[str] = []
     for role in ROLES:
-        instrument_config: InstrumentConfig = getattr(config.instruments, role)
-        resource = (resources or {}).get(role) or instrument_config.resource
-        driver = DRIVERS[instrument_config.driver]
         try:
-            opened[role] = driver.open(
-                resource,
-                name=f"{role} ({driver.model} at {resource})",
-                timeout_s=instrument_config.timeout_s,
-                resource_manager=manager,
-                driver_options=instrument_config.options,
-                **instrument_config.visa_options,
-            )
+            opened[role] = _open_role(config, role, resources)
         except InstrumentError as error:
             problems.append(f"{role}: {error}")
-        except (TypeError, ValueError) as error:
-            problems.append(f"{role} ({driver.model} at {resource}): bad options: {error}")
     if problems:
         for instrument in opened.values():
             # already failing; the original problem is what the user needs to see
             with contextlib.suppress(InstrumentError):
                 instrument.close()
         raise StationError(problems)
-    return Station(name=config.station.name, **opened)  # type: ignore[arg-type]
+    station = Station(name=config.station.name, **opened)  # type: ignore[arg-type]
+    station._reopen = lambda role: _open_role(config, role, resources)
+    return station
 
 
 @contextmanager

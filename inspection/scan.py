@@ -1,0 +1,431 @@
+"""The scan engine: from a recipe and a station to a complete, crash-safe scan file.
+
+One :class:`ScanEngine` runs one wafer scan on a worker thread:
+
+1. prepare: interlock check, laser off, probe at safe height, stage speeds;
+2. one pass per excitation power: set the power, laser on, read the power meter, then one position-triggered
+   constant-velocity line after another (the stage's position trigger starts the digitizer, so sample ``i`` sits
+   at ``start + i·v/fs``), each written to the scan file and flushed before the next starts;
+3. spectra at the recipe's sites;
+4. finish: laser off, probe lifted, status written.
+
+The caller's thread only gets small :class:`ScanProgress` messages; the data goes to the file (consumers read it
+from there). :meth:`ScanEngine.pause`, :meth:`~ScanEngine.resume` and :meth:`~ScanEngine.abort` act between
+lines. The laser is switched off on every way out (finish, abort, instrument fault, interlock, an exception, a
+KeyboardInterrupt in the caller), and a line in flight when something fails is never half-written: the file
+always ends at the last complete line and :meth:`ScanEngine.run` on a reopened file continues from there.
+
+Instrument trouble during a line (a timeout, a dropped connection, a garbled reply) is retried after
+reconnecting the instrument, up to :attr:`ScanOptions.line_retries` times; an open interlock or a stage fault is
+never retried, since it needs a person.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from drivers.errors import (
+    InstrumentConnectionError,
+    InstrumentError,
+    InstrumentReplyError,
+    InstrumentTimeoutError,
+    InterlockOpenError,
+    StageFaultError,
+    StageLimitError,
+)
+from drivers.interfaces import Axis, TriggerDirection
+from drivers.station import Station
+from drivers.virtual.bench import Placement
+from inspection.plan import ScanPlan
+from inspection.recipe import Recipe, SpectrumPattern
+from inspection.scanfile import ScanFileWriter, ScanStatus
+
+RETRYABLE_ERRORS = (InstrumentTimeoutError, InstrumentConnectionError, InstrumentReplyError)
+"""Instrument trouble a reconnect can cure; interlock, limit and stage faults are not among them."""
+
+
+class ScanPhase(StrEnum):
+    """What the engine is doing."""
+
+    PREPARING = "preparing"
+    MAPPING = "mapping"
+    SPECTRA = "spectra"
+    PAUSED = "paused"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class ScanProgress:
+    """A small progress message for the caller (never carries data arrays)."""
+
+    phase: ScanPhase
+    pass_index: int
+    pass_count: int
+    lines_done: int  # over all passes
+    lines_total: int
+    samples_done: int
+    samples_per_s: float
+    eta_s: float
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.lines_done / self.lines_total if self.lines_total else 1.0
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """How the engine behaves when things go wrong, and how long it waits."""
+
+    line_retries: int = 3
+    line_timeout_s: float = 60.0
+    move_timeout_s: float = 120.0
+    poll_interval_s: float = 0.002
+    spectrum_timeout_s: float = 60.0
+
+
+class ScanAborted(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the worker when the operator aborts."""
+
+
+class ScanEngine:
+    """Runs one scan of ``plan`` with ``station`` into ``writer``.
+
+    Parameters
+    ----------
+    station
+        The open station (role interfaces only).
+    recipe, plan
+        What to scan; the plan's lines are in the stage frame.
+    writer
+        A new or resumed scan file; lines already complete in it are skipped.
+    placement
+        Where the wafer lies on the chuck (from alignment), to find chips in the stage frame.
+    on_progress
+        Called from the worker thread with each :class:`ScanProgress` (keep it quick; a GUI posts it to its thread).
+    options
+        Retries and timeouts.
+    """
+
+    def __init__(
+        self,
+        station: Station,
+        recipe: Recipe,
+        plan: ScanPlan,
+        writer: ScanFileWriter,
+        *,
+        placement: Placement,
+        on_progress: Callable[[ScanProgress], None] | None = None,
+        options: ScanOptions | None = None,
+    ) -> None:
+        self.station = station
+        self.placement = placement
+        self.recipe = recipe
+        self.plan = plan
+        self.writer = writer
+        self.options = options or ScanOptions()
+        self._on_progress = on_progress
+        self._abort = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._thread: threading.Thread | None = None
+        self.status: ScanStatus | None = None
+        self.status_message = ""
+        self._samples_done = 0
+        self._started_s = 0.0
+
+    # -- control (any thread) ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the scan on a worker thread and return at once."""
+        if self._thread is not None:
+            raise RuntimeError("this scan has already been started")
+        self._thread = threading.Thread(target=self.run, name="plmapper-scan", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        """Stop after the current line, laser off, until :meth:`resume`."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def abort(self) -> None:
+        """Stop after the current line (or at once while paused); the file stays resumable."""
+        self._abort.set()
+        self._running.set()
+
+    def wait(self, timeout_s: float | None = None) -> ScanStatus | None:
+        """Wait for the worker; return the final status (None if still running after ``timeout_s``)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                return None
+        return self.status
+
+    # -- the scan (worker thread, or the caller's for a blocking run) ----------------------------------------
+    def run(self) -> ScanStatus:
+        """Run the whole scan in this thread; return the status written to the file."""
+        self._started_s = time.monotonic()
+        try:
+            self._prepare()
+            for pass_index, power_w in enumerate(self.plan.powers_w):
+                self._map_pass(pass_index, power_w)
+            self._measure_spectra()
+            self._finish(ScanStatus.COMPLETE, "scan complete")
+        except ScanAborted:
+            self._finish(ScanStatus.ABORTED, "aborted by the operator; resume to continue from the last complete line")
+        except InterlockOpenError as error:
+            self._finish(ScanStatus.FAILED, f"laser interlock open: close the enclosure, then resume ({error})")
+        except (StageLimitError, StageFaultError) as error:
+            self._finish(ScanStatus.FAILED, f"stage stopped: check the stage and the wafer, then resume ({error})")
+        except InstrumentError as error:
+            self._finish(ScanStatus.FAILED, f"instrument failure after retries: {error}; fix it, then resume")
+        except KeyboardInterrupt:
+            self._finish(ScanStatus.ABORTED, "interrupted (Ctrl-C); resume to continue from the last complete line")
+            raise
+        except BaseException as error:
+            self._finish(ScanStatus.FAILED, f"internal error: {type(error).__name__}: {error}")
+            raise
+        finally:
+            self._make_safe()
+        return self.status  # type: ignore[return-value]
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        station, focus = self.station, self.recipe.focus
+        self._report(ScanPhase.PREPARING, 0, "preparing the station")
+        station.laser.set_emission(False)
+        station.smu.set_output(False)
+        if not station.laser.interlock_closed():
+            raise InterlockOpenError(station.laser.name, "the interlock is open")
+        low_w, high_w = station.laser.power_limits_w()
+        for power in self.plan.powers_w:
+            if not low_w <= power <= high_w:
+                raise InstrumentError(
+                    station.laser.name,
+                    f"recipe power {power * 1e3:g} mW is outside the laser's {low_w * 1e3:g}..{high_w * 1e3:g} mW",
+                )
+        # Z goes to the safe height before any XY move, then to focus height for mapping (never above max)
+        station.stage.move_absolute_um(Axis.Z, focus.safe_z_um)
+        station.power_meter.set_wavelength_nm(station.laser.wavelength_nm())
+        self._acceleration_um_s2 = min(station.stage.acceleration_um_s2(axis) for axis in (Axis.X, Axis.Y))
+        self.writer.event("info", "station prepared")
+
+    def _map_pass(self, pass_index: int, power_w: float) -> None:
+        first = self.writer.next_line(pass_index)
+        lines = self.plan.lines
+        if first >= len(lines):
+            return
+        station = self.station
+        station.stage.move_absolute_um(Axis.Z, self.recipe.focus.focus_z_um)
+        self._laser_on(power_w)
+        self.writer.event("info", f"pass {pass_index}: {power_w * 1e3:g} mW from line {first}")
+        for line in lines[first:]:
+            self._between_lines(pass_index, power_w)
+            record, samples = self._measure_line_with_retries(line, power_w)
+            self.writer.write_line(pass_index, int(line["line_index"]), samples, record)
+            self._samples_done += samples.size
+            self._report(ScanPhase.MAPPING, pass_index, "")
+        station.laser.set_emission(False)
+
+    def _laser_on(self, power_w: float) -> None:
+        laser = self.station.laser
+        laser.set_power_w(power_w)
+        laser.set_emission(True)
+        time.sleep(self.recipe.excitation.settle_s)
+        self.writer.log_power(time.time(), self.station.power_meter.power_w())
+
+    def _between_lines(self, pass_index: int, power_w: float) -> None:
+        if self._abort.is_set():
+            raise ScanAborted
+        if self._running.is_set():
+            return
+        self.station.laser.set_emission(False)  # nobody watches a paused scan: no light on the wafer
+        self.writer.event("info", "paused")
+        self._report(ScanPhase.PAUSED, pass_index, "paused")
+        self._running.wait()
+        if self._abort.is_set():
+            raise ScanAborted
+        self.writer.event("info", "resumed")
+        self._laser_on(power_w)
+
+    def _measure_line_with_retries(self, line: np.void, power_w: float) -> tuple[dict[str, float], np.ndarray]:
+        for attempt in range(self.options.line_retries + 1):
+            try:
+                return self._measure_line(line, power_w)
+            except RETRYABLE_ERRORS as error:
+                if attempt == self.options.line_retries:
+                    raise
+                self.writer.event("warning", f"line {int(line['line_index'])} attempt {attempt + 1} failed: {error}")
+                self._recover(error, power_w)
+        raise AssertionError("unreachable")
+
+    def _recover(self, error: InstrumentError, power_w: float) -> None:
+        """Reconnect the instrument that failed and put it back in the state the scan needs."""
+        role = next((role for role in self.station.roles() if error.instrument.startswith(role)), None)
+        if role is None:
+            raise error
+        if role != "laser":
+            with contextlib.suppress(InstrumentError):
+                self.station.laser.set_emission(False)
+        self.station.reconnect(role)
+        self.writer.event("info", f"reconnected {role}")
+        if role == "stage":
+            self.station.stage.wait_idle(self.options.move_timeout_s)
+        self._laser_on(power_w)
+
+    def _measure_line(self, line: np.void, power_w: float) -> tuple[dict[str, float], np.ndarray]:
+        station, sampling = self.station, self.recipe.sampling
+        stage, detector = station.stage, station.detector
+        start = np.array([line["x_start_um"], line["y_start_um"]], dtype=float)
+        stop = np.array([line["x_stop_um"], line["y_stop_um"]], dtype=float)
+        count = int(line["sample_count"])
+        direction = (stop - start) / max(float(np.hypot(*(stop - start))), 1e-9)
+        # run-up: reach constant velocity before the trigger position, plus the recipe's margin
+        ramp_um = sampling.velocity_um_s**2 / (2 * self._acceleration_um_s2)
+        run_up = start - direction * (ramp_um + sampling.run_up_um)
+        run_out = stop + direction * (ramp_um + sampling.run_up_um)
+        for axis, target in ((Axis.X, run_up[0]), (Axis.Y, run_up[1])):
+            stage.set_velocity_um_s(axis, self._travel_speed(axis))
+            stage.move_absolute_um(axis, float(target), wait=False)
+        stage.wait_idle(self.options.move_timeout_s)
+        x_start_read, y_start_read = stage.position_um(Axis.X), stage.position_um(Axis.Y)
+        power_before = station.power_meter.power_w()
+        # both axes at speeds in proportion to the line's direction move in a straight line
+        for axis, share in ((Axis.X, abs(direction[0])), (Axis.Y, abs(direction[1]))):
+            if share > 1e-9:
+                stage.set_velocity_um_s(axis, sampling.velocity_um_s * share)
+        detector.configure_triggered_acquisition(sampling.sample_rate_hz, count)
+        detector.arm()
+        trigger_axis = Axis.X if abs(direction[0]) >= abs(direction[1]) else Axis.Y
+        index = 0 if trigger_axis is Axis.X else 1
+        trigger_direction = TriggerDirection.RISING if direction[index] > 0 else TriggerDirection.FALLING
+        stage.arm_position_trigger(trigger_axis, float(start[index]), trigger_direction)
+        for axis, target, share in ((Axis.X, run_out[0], direction[0]), (Axis.Y, run_out[1], direction[1])):
+            if abs(share) > 1e-9:
+                stage.move_absolute_um(axis, float(target), wait=False)
+        deadline = time.monotonic() + self.options.line_timeout_s
+        while detector.samples_acquired() < count:
+            if time.monotonic() > deadline:
+                detector.abort()
+                raise InstrumentTimeoutError(
+                    detector.name, f"line not acquired within {self.options.line_timeout_s:g} s"
+                )
+            time.sleep(self.options.poll_interval_s)
+        samples = detector.read_samples_v(0, count)
+        stage.wait_idle(self.options.move_timeout_s)
+        stage.disarm_position_trigger()
+        record = {
+            "line_index": float(line["line_index"]),
+            "trigger_time_s": math.nan,
+            "wall_time_unix_s": time.time(),
+            "x_start_readback_um": x_start_read,
+            "y_start_readback_um": y_start_read,
+            "x_stop_readback_um": stage.position_um(Axis.X),
+            "y_stop_readback_um": stage.position_um(Axis.Y),
+            "power_before_w": power_before,
+            "power_after_w": station.power_meter.power_w(),
+            "laser_setpoint_w": power_w,
+        }
+        return record, samples
+
+    def _travel_speed(self, axis: Axis) -> float:
+        return max(self.recipe.sampling.velocity_um_s, 0.5 * self._max_speed(axis))
+
+    def _max_speed(self, axis: Axis) -> float:
+        if not hasattr(self, "_max_speeds"):
+            self._max_speeds = {a: self.station.stage.velocity_um_s(a) for a in (Axis.X, Axis.Y)}
+        return self._max_speeds[axis]
+
+    def _measure_spectra(self) -> None:
+        sites = spectrum_sites(self.recipe)
+        if not sites.size or self.writer.spectra_count() >= len(sites):
+            return
+        station, spectra = self.station, self.recipe.spectra
+        layout = self.recipe.layout()
+        placement = self.placement
+        station.spectrometer.configure(spectra.start_nm, spectra.stop_nm, spectra.resolution_nm, spectra.points)
+        self._laser_on(self.plan.powers_w[-1])
+        for col, row in sites[self.writer.spectra_count() :]:
+            if self._abort.is_set():
+                raise ScanAborted
+            x_um, y_um = layout.chip_center_um(np.array([col]), np.array([row]))
+            stage_x, stage_y = placement.wafer_to_stage(float(x_um[0]), float(y_um[0]))
+            station.stage.move_absolute_um(Axis.X, float(stage_x), wait=False)
+            station.stage.move_absolute_um(Axis.Y, float(stage_y), wait=False)
+            station.stage.wait_idle(self.options.move_timeout_s)
+            spectrum = station.spectrometer.acquire(self.options.spectrum_timeout_s)
+            self.writer.write_spectrum(
+                col=int(col),
+                row=int(row),
+                x_um=float(x_um[0]),
+                y_um=float(y_um[0]),
+                reason=spectra.pattern.value,
+                wavelength_nm=spectrum.wavelength_nm,
+                power_w_per_nm=spectrum.power_w_per_nm,
+            )
+            self._report(ScanPhase.SPECTRA, len(self.plan.powers_w) - 1, f"spectrum of chip ({col}, {row})")
+        station.laser.set_emission(False)
+
+    def _finish(self, status: ScanStatus, message: str) -> None:
+        self.status, self.status_message = status, message
+        with contextlib.suppress(Exception):  # the file must get its status even if the laser is unreachable
+            self.station.laser.set_emission(False)
+        self.writer.event("info" if status is ScanStatus.COMPLETE else "error", message)
+        self.writer.finish(status, message)
+        self._report(ScanPhase.FINISHED, len(self.plan.powers_w) - 1, message)
+
+    def _make_safe(self) -> None:
+        for action in (self.station.laser.make_safe, self.station.smu.make_safe):
+            with contextlib.suppress(Exception):
+                action()
+        with contextlib.suppress(Exception):
+            self.station.stage.move_absolute_um(Axis.Z, self.recipe.focus.safe_z_um)
+
+    def _report(self, phase: ScanPhase, pass_index: int, message: str) -> None:
+        if self._on_progress is None:
+            return
+        per_pass = len(self.plan.lines)
+        done = sum(self.writer.next_line(index) for index in range(len(self.plan.powers_w)))
+        total = per_pass * len(self.plan.powers_w)
+        elapsed = max(time.monotonic() - self._started_s, 1e-9)
+        rate = self._samples_done / elapsed
+        remaining_samples = (total - done) * float(np.mean(self.plan.lines["sample_count"])) if per_pass else 0.0
+        eta = remaining_samples / rate if rate > 0 else math.inf
+        self._on_progress(
+            ScanProgress(
+                phase, pass_index, len(self.plan.powers_w), done, total, self._samples_done, rate, eta, message
+            )
+        )
+
+
+def spectrum_sites(recipe: Recipe) -> np.ndarray:
+    """Chips (col, row) whose spectra the recipe asks for, in a fixed order (so a resumed scan continues)."""
+    spectra = recipe.spectra
+    layout = recipe.layout()
+    cols, rows = layout.usable_chips()
+    if spectra.pattern is SpectrumPattern.NONE or cols.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if spectra.pattern is SpectrumPattern.EVERY_NTH:
+        chosen = np.arange(0, cols.size, spectra.every_nth)
+        return np.column_stack([cols[chosen], rows[chosen]]).astype(np.int64)
+    # a grid of sites over the usable area, each the usable chip nearest to the site
+    x, y = layout.chip_center_um(cols, rows)
+    fractions = (np.arange(spectra.grid_sites) + 0.5) / spectra.grid_sites
+    site_x = x.min() + fractions * (x.max() - x.min())
+    site_y = y.min() + fractions * (y.max() - y.min())
+    chosen = []
+    for sy in site_y:
+        for sx in site_x:
+            nearest = int(np.argmin((x - sx) ** 2 + (y - sy) ** 2))
+            if np.hypot(x[nearest] - sx, y[nearest] - sy) < 2 * layout.grid.pitch_x_um and nearest not in chosen:
+                chosen.append(nearest)
+    return np.column_stack([cols[chosen], rows[chosen]]).astype(np.int64)
