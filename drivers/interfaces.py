@@ -94,6 +94,10 @@ class Stage(HardwareRole):
         """The maximum speed of ``axis``."""
 
     @abc.abstractmethod
+    def set_acceleration_um_s2(self, axis: Axis, acceleration_um_s2: float) -> None:
+        """Set the acceleration (and deceleration) of ``axis`` for subsequent moves."""
+
+    @abc.abstractmethod
     def acceleration_um_s2(self, axis: Axis) -> float:
         """The acceleration (and deceleration) of ``axis``: with the velocity it sets the run-up a
         constant-velocity line needs."""

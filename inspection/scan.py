@@ -284,66 +284,33 @@ class ScanEngine:
 
     def _measure_line(self, line: np.void, power_w: float) -> tuple[dict[str, float], np.ndarray]:
         station, sampling = self.station, self.recipe.sampling
-        stage, detector = station.stage, station.detector
-        start = np.array([line["x_start_um"], line["y_start_um"]], dtype=float)
-        stop = np.array([line["x_stop_um"], line["y_stop_um"]], dtype=float)
-        count = int(line["sample_count"])
-        direction = (stop - start) / max(float(np.hypot(*(stop - start))), 1e-9)
-        # run-up: reach constant velocity before the trigger position, plus the recipe's margin
-        ramp_um = sampling.velocity_um_s**2 / (2 * self._acceleration_um_s2)
-        run_up = start - direction * (ramp_um + sampling.run_up_um)
-        run_out = stop + direction * (ramp_um + sampling.run_up_um)
-        for axis, target in ((Axis.X, run_up[0]), (Axis.Y, run_up[1])):
-            stage.set_velocity_um_s(axis, self._travel_speed(axis))
-            stage.move_absolute_um(axis, float(target), wait=False)
-        stage.wait_idle(self.options.move_timeout_s)
-        x_start_read, y_start_read = stage.position_um(Axis.X), stage.position_um(Axis.Y)
         power_before = station.power_meter.power_w()
-        # both axes at speeds in proportion to the line's direction move in a straight line
-        for axis, share in ((Axis.X, abs(direction[0])), (Axis.Y, abs(direction[1]))):
-            if share > 1e-9:
-                stage.set_velocity_um_s(axis, sampling.velocity_um_s * share)
-        detector.configure_triggered_acquisition(sampling.sample_rate_hz, count)
-        detector.arm()
-        trigger_axis = Axis.X if abs(direction[0]) >= abs(direction[1]) else Axis.Y
-        index = 0 if trigger_axis is Axis.X else 1
-        trigger_direction = TriggerDirection.RISING if direction[index] > 0 else TriggerDirection.FALLING
-        stage.arm_position_trigger(trigger_axis, float(start[index]), trigger_direction)
-        for axis, target, share in ((Axis.X, run_out[0], direction[0]), (Axis.Y, run_out[1], direction[1])):
-            if abs(share) > 1e-9:
-                stage.move_absolute_um(axis, float(target), wait=False)
-        deadline = time.monotonic() + self.options.line_timeout_s
-        while detector.samples_acquired() < count:
-            if time.monotonic() > deadline:
-                detector.abort()
-                raise InstrumentTimeoutError(
-                    detector.name, f"line not acquired within {self.options.line_timeout_s:g} s"
-                )
-            time.sleep(self.options.poll_interval_s)
-        samples = detector.read_samples_v(0, count)
-        stage.wait_idle(self.options.move_timeout_s)
-        stage.disarm_position_trigger()
+        acquired = acquire_line(
+            station,
+            (float(line["x_start_um"]), float(line["y_start_um"])),
+            (float(line["x_stop_um"]), float(line["y_stop_um"])),
+            int(line["sample_count"]),
+            motion=LineMotion(
+                velocity_um_s=sampling.velocity_um_s,
+                sample_rate_hz=sampling.sample_rate_hz,
+                accel_um_s2=self._acceleration_um_s2,
+                run_up_um=sampling.run_up_um,
+            ),
+            options=self.options,
+        )
         record = {
             "line_index": float(line["line_index"]),
-            "trigger_time_s": math.nan,
+            "trigger_time_s": math.nan,  # the digitizer does not time-stamp its trigger
             "wall_time_unix_s": time.time(),
-            "x_start_readback_um": x_start_read,
-            "y_start_readback_um": y_start_read,
-            "x_stop_readback_um": stage.position_um(Axis.X),
-            "y_stop_readback_um": stage.position_um(Axis.Y),
+            "x_start_readback_um": acquired.start_readback_um[0],
+            "y_start_readback_um": acquired.start_readback_um[1],
+            "x_stop_readback_um": acquired.stop_readback_um[0],
+            "y_stop_readback_um": acquired.stop_readback_um[1],
             "power_before_w": power_before,
             "power_after_w": station.power_meter.power_w(),
             "laser_setpoint_w": power_w,
         }
-        return record, samples
-
-    def _travel_speed(self, axis: Axis) -> float:
-        return max(self.recipe.sampling.velocity_um_s, 0.5 * self._max_speed(axis))
-
-    def _max_speed(self, axis: Axis) -> float:
-        if not hasattr(self, "_max_speeds"):
-            self._max_speeds = {a: self.station.stage.velocity_um_s(a) for a in (Axis.X, Axis.Y)}
-        return self._max_speeds[axis]
+        return record, acquired.samples_v
 
     def _measure_spectra(self) -> None:
         sites = spectrum_sites(self.recipe)
@@ -405,6 +372,88 @@ class ScanEngine:
                 phase, pass_index, len(self.plan.powers_w), done, total, self._samples_done, rate, eta, message
             )
         )
+
+
+@dataclass(frozen=True)
+class LineMotion:
+    """How a constant-velocity line is driven and sampled."""
+
+    velocity_um_s: float
+    sample_rate_hz: float
+    accel_um_s2: float
+    run_up_um: float
+
+
+@dataclass(frozen=True)
+class LineAcquisition:
+    """One acquired line: the samples and where the stage really was at its ends."""
+
+    samples_v: np.ndarray
+    start_readback_um: tuple[float, float]
+    stop_readback_um: tuple[float, float]
+
+
+def acquire_line(
+    station: Station,
+    start_um: tuple[float, float],
+    stop_um: tuple[float, float],
+    sample_count: int,
+    *,
+    motion: LineMotion,
+    options: ScanOptions,
+) -> LineAcquisition:
+    """Drive the stage from ``start_um`` to ``stop_um`` (stage frame) at constant velocity and digitize
+    ``sample_count`` samples from the moment the spot crosses ``start_um``: sample ``i`` lies at
+    ``start + i · velocity / sample_rate`` along the line.
+
+    The stage first travels to a run-up point before the start (far enough to reach the line speed), and goes
+    on past the stop by the same distance. A slanted line moves X and Y at speeds in proportion to its
+    direction, so both axes follow the same time profile and the path is straight.
+    """
+    stage, detector = station.stage, station.detector
+    start, stop = np.asarray(start_um, dtype=float), np.asarray(stop_um, dtype=float)
+    direction = (stop - start) / max(float(np.hypot(*(stop - start))), 1e-9)
+    run_up_um = motion.velocity_um_s**2 / (2 * motion.accel_um_s2) + motion.run_up_um
+    run_up, run_out = start - direction * run_up_um, stop + direction * run_up_um
+    for axis, target in ((Axis.X, run_up[0]), (Axis.Y, run_up[1])):
+        stage.set_velocity_um_s(axis, max(motion.velocity_um_s, TRAVEL_SPEED_UM_S))
+        stage.set_acceleration_um_s2(axis, motion.accel_um_s2)
+        stage.move_absolute_um(axis, float(target), wait=False)
+    stage.wait_idle(options.move_timeout_s)
+    start_readback = (stage.position_um(Axis.X), stage.position_um(Axis.Y))
+    moving = [(Axis.X, run_out[0], abs(direction[0])), (Axis.Y, run_out[1], abs(direction[1]))]
+    moving = [(axis, target, share) for axis, target, share in moving if share > 1e-9]
+    for axis, _, share in moving:
+        # speed and acceleration in proportion: both axes follow one time profile, so the path is straight
+        stage.set_velocity_um_s(axis, motion.velocity_um_s * share)
+        stage.set_acceleration_um_s2(axis, motion.accel_um_s2 * max(share, MIN_ACCELERATION_SHARE))
+    detector.configure_triggered_acquisition(motion.sample_rate_hz, sample_count)
+    detector.arm()
+    index = 0 if abs(direction[0]) >= abs(direction[1]) else 1
+    trigger_axis = (Axis.X, Axis.Y)[index]
+    trigger_direction = TriggerDirection.RISING if direction[index] > 0 else TriggerDirection.FALLING
+    stage.arm_position_trigger(trigger_axis, float(start[index]), trigger_direction)
+    for axis, target, _ in moving:
+        stage.move_absolute_um(axis, float(target), wait=False)
+    deadline = time.monotonic() + options.line_timeout_s
+    while detector.samples_acquired() < sample_count:
+        if time.monotonic() > deadline:
+            detector.abort()
+            raise InstrumentTimeoutError(detector.name, f"line not acquired within {options.line_timeout_s:g} s")
+        time.sleep(options.poll_interval_s)
+    samples = detector.read_samples_v(0, sample_count)
+    stage.wait_idle(options.move_timeout_s)
+    stage.disarm_position_trigger()
+    stop_readback = (stage.position_um(Axis.X), stage.position_um(Axis.Y))
+    return LineAcquisition(samples, start_readback, stop_readback)
+
+
+TRAVEL_SPEED_UM_S = 100_000.0
+"""Speed of moves between lines (a line's own speed when faster)."""
+
+MIN_ACCELERATION_SHARE = 0.002
+"""Floor of an axis' share of the line acceleration: stages cannot accelerate arbitrarily slowly, and an axis
+with so small a share moves so slowly that reaching its speed early shifts the path by well under 1 µm."""
 
 
 def spectrum_sites(recipe: Recipe) -> np.ndarray:

@@ -44,6 +44,15 @@ class InstrumentTwin(abc.ABC):
         """Per-connection state, passed to every :meth:`handle` call of that connection."""
         return {}
 
+    def settles_before(self, command: str) -> bool:
+        """Whether ``command`` first lets pending activity finish (at time scale 0, jumps the clock past it).
+
+        True for almost everything: a command normally observes or changes a settled instrument. A twin
+        returns False for commands that start motion, so that moves sent to several axes in a row start at the
+        same instant, as they do on the real controller, instead of one after the other.
+        """
+        return True
+
     def greeting(self) -> bytes:
         """Bytes sent when a client connects (nothing for most instruments)."""
         return b""
@@ -52,7 +61,7 @@ class InstrumentTwin(abc.ABC):
     def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
         """Execute ``command`` (termination stripped) and return the complete reply bytes, or None for none.
 
-        Called with the bench lock held and the clock settled.
+        Called with the bench lock held and, unless :meth:`settles_before` says otherwise, the clock settled.
         """
 
     def garbage(self, rng: np.random.Generator) -> bytes:
@@ -86,7 +95,8 @@ class _TwinHandler(socketserver.BaseRequestHandler):
                 if not command.strip():
                     continue
                 with bench.lock:
-                    bench.settle()
+                    if twin.settles_before(command):
+                        bench.settle()
                     faults = bench.faults.next_command(twin.role)
                     for fault in faults:
                         apply_bench_fault(bench, fault)

@@ -105,6 +105,10 @@ class ZaberTwin(InstrumentTwin):
         self._pending_faults: list[tuple[Axis, float, str]] = []
 
     # -- the wire -------------------------------------------------------------------------------------------
+    def settles_before(self, command: str) -> bool:
+        """A move starts at once, even while another axis still moves (how a slanted line drives X and Y)."""
+        return " move " not in f" {command.lower()} "
+
     def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
         text = command.strip()
         if not text.startswith("/"):
