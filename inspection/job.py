@@ -8,19 +8,30 @@ returns what happened. A recipe or file problem is reported before anything move
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from drivers.interfaces import Axis
-from drivers.station import StationConfig, connect
+from drivers.station import Station, StationConfig, connect
 from drivers.virtual.bench import Placement
+from inspection.alignment import AlignmentResult, align_wafer
 from inspection.plan import ScanPlan, plan_scan
-from inspection.recipe import load_recipe, recipe_from_text, recipe_to_toml
-from inspection.scan import ScanEngine, ScanOptions, ScanProgress
-from inspection.scanfile import ScanFile, ScanFileWriter, ScanStatus
+from inspection.recipe import Recipe, load_recipe, recipe_from_text, recipe_to_toml
+from inspection.scan import (
+    LineMotion,
+    ScanEngine,
+    ScanOptions,
+    ScanProgress,
+    acquire_line,
+    stage_acceleration_um_s2,
+)
+from inspection.scanfile import ScanFile, ScanFileError, ScanFileWriter, ScanStatus
 
 
 @dataclass(frozen=True)
@@ -59,30 +70,48 @@ def run_scan(
     on_plan: Callable[[ScanPlan], None] | None = None,
     on_progress: Callable[[ScanProgress], None] | None = None,
     options: ScanOptions | None = None,
+    station: Station | None = None,
 ) -> ScanOutcome:
     """Scan one wafer into ``output`` (a new file), or continue the interrupted scan in ``output`` (``resume``).
 
     A resumed scan uses the recipe stored in the file, not ``recipe_path``, so the two halves always match.
+    ``station`` is an already open station to use instead of connecting to ``station_config``'s.
     """
     output = Path(output)
     if resume:
         stored = ScanFile(output)
         recipe = recipe_from_text(stored.recipe_toml, source=f"{output} (stored recipe)")
         recipe_text = stored.recipe_toml
+        alignment = stored.alignment()
+        placement = (
+            Placement(alignment["offset_x_um"], alignment["offset_y_um"], alignment["rotation_deg"])
+            if alignment is not None
+            else Placement()
+        )
     else:
         if output.exists():
             raise FileExistsError(f"{output} already exists: choose another name, or --resume it")
         recipe = load_recipe(recipe_path)
         recipe_text = recipe_to_toml(recipe)
-    with connect(station_config) as station:
-        accel = min(station.stage.acceleration_um_s2(axis) for axis in (Axis.X, Axis.Y))
-        placement = Placement()  # the nominal placement; alignment (recipe.alignment) refines it
+        placement = Placement()  # nominal: centred, not rotated, until alignment measures it
+    options = options or ScanOptions()
+    with contextlib.nullcontext(station) if station is not None else connect(station_config) as station:
+        accel = stage_acceleration_um_s2(station)
         plan = plan_scan(recipe, placement, accel_um_s2=accel)
         if on_plan is not None:
             on_plan(plan)
         if resume:
+            if not np.array_equal(stored.plan_lines, plan.lines):
+                raise ScanFileError(f"{output}: the stored plan no longer matches its recipe; it cannot be resumed")
             writer = ScanFileWriter.resume(output)
         else:
+            result = None
+            if recipe.alignment.enabled:
+                result = align_with_station(station, recipe, options)
+                placement = result.placement
+                plan = plan_scan(recipe, placement, accel_um_s2=accel)
+                if on_plan is not None:
+                    on_plan(plan)
             identities = {role: str(ident) for role, ident in station.identities().items()}
             writer = ScanFileWriter.create(
                 output,
@@ -98,12 +127,42 @@ def run_scan(
                 software_version=software_version(),
                 extra={"host": os.uname().nodename},
             )
+            if result is not None:
+                writer.write_alignment(
+                    offset_x_um=placement.offset_x_um,
+                    offset_y_um=placement.offset_y_um,
+                    rotation_deg=placement.rotation_deg,
+                    residual_um=result.residual_um,
+                    sites=result.sites,
+                )
         with writer:
             engine = ScanEngine(
                 station, recipe, plan, writer, placement=placement, on_progress=on_progress, options=options
             )
             status = engine.run()
     return ScanOutcome(output, status, engine.status_message, plan)
+
+
+def align_with_station(station: Station, recipe: Recipe, options: ScanOptions) -> AlignmentResult:
+    """Measure the wafer's placement with the recipe's highest power; the laser is off again afterwards."""
+    laser = station.laser
+    try:
+        station.stage.move_absolute_um(Axis.Z, recipe.focus.focus_z_um)
+        laser.set_power_w(max(recipe.excitation.powers_w))
+        laser.set_emission(True)
+        motion = LineMotion(
+            velocity_um_s=recipe.sampling.velocity_um_s,
+            sample_rate_hz=recipe.sampling.sample_rate_hz,
+            accel_um_s2=stage_acceleration_um_s2(station),
+            run_up_um=recipe.sampling.run_up_um,
+        )
+
+        def acquire(start: tuple[float, float], stop: tuple[float, float], count: int) -> np.ndarray:
+            return acquire_line(station, start, stop, count, motion=motion, options=options).samples_v
+
+        return align_wafer(recipe, acquire)
+    finally:
+        laser.set_emission(False)
 
 
 def _station_text(config: StationConfig) -> str:

@@ -487,6 +487,26 @@ def spectrum_grid_chips(recipe: Recipe) -> tuple[IntArray, IntArray]:
     return col[order], row[order]
 
 
+def spectrum_sites(recipe: Recipe) -> tuple[IntArray, IntArray]:
+    """(col, row) of the chips whose spectra the recipe's pattern asks for, in a fixed order (a resumed scan
+    continues where it stopped). Flagged chips come on top, once the intensity passes have found them.
+
+    Examples
+    --------
+    >>> from inspection.recipe import load_recipe
+    >>> col, row = spectrum_sites(load_recipe("resources/recipes/demo-2in.toml"))
+    >>> len(col)
+    21
+    """
+    spectra = recipe.spectra
+    if spectra.pattern is SpectrumPattern.GRID:
+        return spectrum_grid_chips(recipe)
+    if spectra.pattern is SpectrumPattern.EVERY_NTH:
+        col, row = recipe.layout().usable_chips()
+        return col[:: spectra.every_nth], row[:: spectra.every_nth]
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+
 def planned_spectra_count(recipe: Recipe) -> int:
     """Spectra a recipe asks for: its pattern's sites plus, with ``include_flagged``, ``max_flagged`` chips.
 

@@ -41,11 +41,11 @@ from drivers.errors import (
     StageFaultError,
     StageLimitError,
 )
-from drivers.interfaces import Axis, TriggerDirection
+from drivers.interfaces import Axis, IntensityDetector, Stage, TriggerDirection
 from drivers.station import Station
 from drivers.virtual.bench import Placement
-from inspection.plan import ScanPlan
-from inspection.recipe import Recipe, SpectrumPattern
+from inspection.plan import ScanPlan, spectrum_sites
+from inspection.recipe import Recipe
 from inspection.scanfile import ScanFileWriter, ScanStatus
 
 RETRYABLE_ERRORS = (InstrumentTimeoutError, InstrumentConnectionError, InstrumentReplyError)
@@ -216,7 +216,7 @@ class ScanEngine:
         # Z goes to the safe height before any XY move, then to focus height for mapping (never above max)
         station.stage.move_absolute_um(Axis.Z, focus.safe_z_um)
         station.power_meter.set_wavelength_nm(station.laser.wavelength_nm())
-        self._acceleration_um_s2 = min(station.stage.acceleration_um_s2(axis) for axis in (Axis.X, Axis.Y))
+        self._acceleration_um_s2 = stage_acceleration_um_s2(station)
         self.writer.event("info", "station prepared")
 
     def _map_pass(self, pass_index: int, power_w: float) -> None:
@@ -313,15 +313,16 @@ class ScanEngine:
         return record, acquired.samples_v
 
     def _measure_spectra(self) -> None:
-        sites = spectrum_sites(self.recipe)
-        if not sites.size or self.writer.spectra_count() >= len(sites):
+        site_cols, site_rows = spectrum_sites(self.recipe)
+        done = self.writer.spectra_count()
+        if done >= site_cols.size:
             return
         station, spectra = self.station, self.recipe.spectra
         layout = self.recipe.layout()
         placement = self.placement
         station.spectrometer.configure(spectra.start_nm, spectra.stop_nm, spectra.resolution_nm, spectra.points)
         self._laser_on(self.plan.powers_w[-1])
-        for col, row in sites[self.writer.spectra_count() :]:
+        for col, row in zip(site_cols[done:], site_rows[done:], strict=True):
             if self._abort.is_set():
                 raise ScanAborted
             x_um, y_um = layout.chip_center_um(np.array([col]), np.array([row]))
@@ -420,9 +421,40 @@ def acquire_line(
         stage.set_acceleration_um_s2(axis, motion.accel_um_s2)
         stage.move_absolute_um(axis, float(target), wait=False)
     stage.wait_idle(options.move_timeout_s)
-    start_readback = (stage.position_um(Axis.X), stage.position_um(Axis.Y))
     moving = [(Axis.X, run_out[0], abs(direction[0])), (Axis.Y, run_out[1], abs(direction[1]))]
     moving = [(axis, target, share) for axis, target, share in moving if share > 1e-9]
+    try:
+        return _drive_line(
+            stage,
+            detector,
+            start=start,
+            direction=direction,
+            run_out=run_out,
+            moving=moving,
+            sample_count=sample_count,
+            motion=motion,
+            options=options,
+        )
+    finally:
+        # leave the stage with its full acceleration, whatever happened: the next line's run-up relies on it
+        for axis, _, _ in moving:
+            with contextlib.suppress(InstrumentError):
+                stage.set_acceleration_um_s2(axis, motion.accel_um_s2)
+
+
+def _drive_line(
+    stage: Stage,
+    detector: IntensityDetector,
+    *,
+    start: np.ndarray,
+    direction: np.ndarray,
+    run_out: np.ndarray,
+    moving: list[tuple[Axis, float, float]],
+    sample_count: int,
+    motion: LineMotion,
+    options: ScanOptions,
+) -> LineAcquisition:
+    start_readback = (stage.position_um(Axis.X), stage.position_um(Axis.Y))
     for axis, _, share in moving:
         # speed and acceleration in proportion: both axes follow one time profile, so the path is straight
         stage.set_velocity_um_s(axis, motion.velocity_um_s * share)
@@ -448,33 +480,15 @@ def acquire_line(
     return LineAcquisition(samples, start_readback, stop_readback)
 
 
+def stage_acceleration_um_s2(station: Station) -> float:
+    """The XY acceleration lines are planned with. The larger of the two axes: a line leaves the axis it barely
+    moves with a low acceleration for a moment, and the other axis still holds the stage's setting."""
+    return max(station.stage.acceleration_um_s2(axis) for axis in (Axis.X, Axis.Y))
+
+
 TRAVEL_SPEED_UM_S = 100_000.0
 """Speed of moves between lines (a line's own speed when faster)."""
 
 MIN_ACCELERATION_SHARE = 0.002
 """Floor of an axis' share of the line acceleration: stages cannot accelerate arbitrarily slowly, and an axis
 with so small a share moves so slowly that reaching its speed early shifts the path by well under 1 µm."""
-
-
-def spectrum_sites(recipe: Recipe) -> np.ndarray:
-    """Chips (col, row) whose spectra the recipe asks for, in a fixed order (so a resumed scan continues)."""
-    spectra = recipe.spectra
-    layout = recipe.layout()
-    cols, rows = layout.usable_chips()
-    if spectra.pattern is SpectrumPattern.NONE or cols.size == 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    if spectra.pattern is SpectrumPattern.EVERY_NTH:
-        chosen = np.arange(0, cols.size, spectra.every_nth)
-        return np.column_stack([cols[chosen], rows[chosen]]).astype(np.int64)
-    # a grid of sites over the usable area, each the usable chip nearest to the site
-    x, y = layout.chip_center_um(cols, rows)
-    fractions = (np.arange(spectra.grid_sites) + 0.5) / spectra.grid_sites
-    site_x = x.min() + fractions * (x.max() - x.min())
-    site_y = y.min() + fractions * (y.max() - y.min())
-    chosen = []
-    for sy in site_y:
-        for sx in site_x:
-            nearest = int(np.argmin((x - sx) ** 2 + (y - sy) ** 2))
-            if np.hypot(x[nearest] - sx, y[nearest] - sy) < 2 * layout.grid.pitch_x_um and nearest not in chosen:
-                chosen.append(nearest)
-    return np.column_stack([cols[chosen], rows[chosen]]).astype(np.int64)
