@@ -95,7 +95,9 @@ def run_scan(
         recipe_text = recipe_to_toml(recipe)
         placement = Placement()  # nominal: centred, not rotated, until alignment measures it
     options = options or ScanOptions()
-    with contextlib.nullcontext(station) if station is not None else connect(station_config) as station:
+    opened = contextlib.nullcontext(station) if station is not None else connect(station_config)
+    with opened as station_in_use:
+        station = station_in_use
         accel = stage_acceleration_um_s2(station)
         plan = plan_scan(recipe, placement, accel_um_s2=accel)
         if on_plan is not None:
