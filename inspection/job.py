@@ -71,18 +71,19 @@ def run_scan(
     on_progress: Callable[[ScanProgress], None] | None = None,
     options: ScanOptions | None = None,
     station: Station | None = None,
+    on_engine: Callable[[ScanEngine], None] | None = None,
 ) -> ScanOutcome:
     """Scan one wafer into ``output`` (a new file), or continue the interrupted scan in ``output`` (``resume``).
 
     A resumed scan uses the recipe stored in the file, not ``recipe_path``, so the two halves always match.
-    ``station`` is an already open station to use instead of connecting to ``station_config``'s.
+    ``station`` is an already open station to use instead of connecting to ``station_config``'s. ``on_engine``
+    receives the engine before it starts, so the caller can pause, resume or abort it from another thread.
     """
     output = Path(output)
     if resume:
-        stored = ScanFile(output)
-        recipe = recipe_from_text(stored.recipe_toml, source=f"{output} (stored recipe)")
-        recipe_text = stored.recipe_toml
-        alignment = stored.alignment()
+        with ScanFile(output) as stored:
+            recipe_text, alignment, stored_lines = stored.recipe_toml, stored.alignment(), stored.plan_lines
+        recipe = recipe_from_text(recipe_text, source=f"{output} (stored recipe)")
         placement = (
             Placement(alignment["offset_x_um"], alignment["offset_y_um"], alignment["rotation_deg"])
             if alignment is not None
@@ -103,7 +104,7 @@ def run_scan(
         if on_plan is not None:
             on_plan(plan)
         if resume:
-            if not np.array_equal(stored.plan_lines, plan.lines):
+            if not np.array_equal(stored_lines, plan.lines):
                 raise ScanFileError(f"{output}: the stored plan no longer matches its recipe; it cannot be resumed")
             writer = ScanFileWriter.resume(output)
         else:
@@ -141,6 +142,8 @@ def run_scan(
             engine = ScanEngine(
                 station, recipe, plan, writer, placement=placement, on_progress=on_progress, options=options
             )
+            if on_engine is not None:
+                on_engine(engine)
             status = engine.run()
     return ScanOutcome(output, status, engine.status_message, plan)
 

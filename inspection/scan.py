@@ -49,7 +49,10 @@ from inspection.recipe import Recipe
 from inspection.scanfile import ScanFileWriter, ScanStatus
 
 RETRYABLE_ERRORS = (InstrumentTimeoutError, InstrumentConnectionError, InstrumentReplyError)
-"""Instrument trouble a reconnect can cure; interlock, limit and stage faults are not among them."""
+"""Instrument trouble a reconnect can cure."""
+
+NEEDS_A_PERSON = (InterlockOpenError, StageLimitError, StageFaultError)
+"""Never retried, even when also a reply error: an open enclosure, a refused or stalled move."""
 
 
 class ScanPhase(StrEnum):
@@ -86,7 +89,7 @@ class ScanOptions:
     """How the engine behaves when things go wrong, and how long it waits."""
 
     line_retries: int = 3
-    line_timeout_s: float = 60.0
+    line_timeout_margin_s: float = 5.0  # on top of twice the line's own duration
     move_timeout_s: float = 120.0
     poll_interval_s: float = 0.002
     spectrum_timeout_s: float = 60.0
@@ -262,7 +265,7 @@ class ScanEngine:
             try:
                 return self._measure_line(line, power_w)
             except RETRYABLE_ERRORS as error:
-                if attempt == self.options.line_retries:
+                if attempt == self.options.line_retries or isinstance(error, NEEDS_A_PERSON):
                     raise
                 self.writer.event("warning", f"line {int(line['line_index'])} attempt {attempt + 1} failed: {error}")
                 self._recover(error, power_w)
@@ -467,11 +470,14 @@ def _drive_line(
     stage.arm_position_trigger(trigger_axis, float(start[index]), trigger_direction)
     for axis, target, _ in moving:
         stage.move_absolute_um(axis, float(target), wait=False)
-    deadline = time.monotonic() + options.line_timeout_s
+    # a line that takes much longer than it should has lost its trigger or a command on the way
+    timeout_s = 2 * (sample_count / motion.sample_rate_hz + 2 * motion.velocity_um_s / motion.accel_um_s2)
+    timeout_s += options.line_timeout_margin_s
+    deadline = time.monotonic() + timeout_s
     while detector.samples_acquired() < sample_count:
         if time.monotonic() > deadline:
             detector.abort()
-            raise InstrumentTimeoutError(detector.name, f"line not acquired within {options.line_timeout_s:g} s")
+            raise InstrumentTimeoutError(detector.name, f"line not acquired within {timeout_s:.1f} s")
         time.sleep(options.poll_interval_s)
     samples = detector.read_samples_v(0, sample_count)
     stage.wait_idle(options.move_timeout_s)

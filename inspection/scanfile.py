@@ -111,7 +111,7 @@ import struct
 import sys
 import time
 import uuid as _uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
@@ -323,8 +323,8 @@ def _clear_writer_marks(path: Path) -> bool:
         version, offset_size, length_size, flags = raw[8], raw[9], raw[10], raw[11]
         if version != 3 or offset_size != 8 or length_size != 8:
             raise ScanFileError(
-                f"{path}: HDF5 superblock version {version} ({offset_size}/{length_size}-byte addresses/lengths); "
-                "appending needs a version 3 superblock with 8-byte addresses (an HDF5 1.10 format file)"
+                f"{path}: HDF5 superblock version {version}; appending needs a version 3 superblock with 8-byte "
+                "addresses (a file written in the HDF5 1.10 format, as plmapper writes them)"
             )
         (stored_checksum,) = struct.unpack_from("<I", raw, 44)
         if _lookup3(bytes(raw[:44])) != stored_checksum:
@@ -456,14 +456,19 @@ def _finite(value: float, what: str) -> float:
 
 
 def _check_storable(array: np.ndarray, what: str) -> None:
-    """HDF5 stores numbers and byte strings; numpy unicode and objects have no HDF5 type."""
-    dtype = array.dtype
-    kinds = [dtype.fields[name][0] for name in dtype.names] if dtype.names else [dtype]
-    for kind in kinds:
-        if kind.kind in "OUMmV" or kind.hasobject:
-            raise ValueError(
-                f"{what}: dtype {dtype} has a {kind} field, which HDF5 cannot store (use numbers or bytes 'S')"
-            )
+    """HDF5 stores numbers, byte strings and compounds of them; numpy unicode, objects and datetimes have no HDF5
+    type (h5py would fail half-way through creating the file)."""
+
+    def unstorable(dtype: np.dtype) -> np.dtype | None:
+        if dtype.names:
+            return next((bad for name in dtype.names if (bad := unstorable(dtype.fields[name][0]))), None)
+        if dtype.subdtype is not None:
+            return unstorable(dtype.subdtype[0])
+        return dtype if dtype.kind in "OUMm" else None
+
+    bad = unstorable(array.dtype)
+    if bad is not None:
+        raise ValueError(f"{what}: dtype {array.dtype} has a {bad} field, which HDF5 cannot store (use numbers or 'S')")
 
 
 def _sites_blob(sites: np.ndarray) -> bytes:
@@ -594,7 +599,7 @@ class ScanFileWriter:
             )
         powers = tuple(_finite(power, "powers_w entries") for power in powers_w)
         if not powers or any(power <= 0 for power in powers):
-            raise ValueError(f"powers_w must hold at least one power > 0 W, got {list(powers_w)!r}")
+            raise ValueError(f"powers_w must be one or more powers > 0 W, got {list(powers_w)!r}")
         plan_lines = np.asarray(plan_lines)
         if plan_lines.ndim != 1:
             raise ValueError(f"plan_lines must be a 1-D table (one row per line), got shape {plan_lines.shape}")
@@ -621,9 +626,7 @@ class ScanFileWriter:
         lock = _WriterLock(temporary)
         file: h5py.File | None = None
         try:
-            fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
-            fcpl.set_link_creation_order(h5py.h5p.CRT_ORDER_TRACKED)
-            file_id = h5py.h5f.create(os.fsencode(temporary), h5py.h5f.ACC_EXCL, fapl=_file_access(), fcpl=fcpl)
+            file_id = h5py.h5f.create(os.fsencode(temporary), h5py.h5f.ACC_EXCL, fapl=_file_access())
             file = h5py.File(file_id)
             _build_layout(
                 file,
@@ -651,7 +654,8 @@ class ScanFileWriter:
                 temporary.unlink()
             raise
         writer = cls(file, path, lock, fsync=fsync)
-        writer.event("info", f"scan file created (format {FORMAT_NAME} {FORMAT_VERSION}, uuid {file_uuid})")
+        with writer._closed_on_error():
+            writer.event("info", f"scan file created (format {FORMAT_NAME} {FORMAT_VERSION}, uuid {file_uuid})")
         return writer
 
     @classmethod
@@ -698,17 +702,24 @@ class ScanFileWriter:
             raise
         stored_status, lines = previous
         was = "interrupted" if stored_status is ScanStatus.RUNNING else stored_status.value
-        if stored_status is not ScanStatus.RUNNING:
-            writer._reopen()
-        writer.event(
-            "info",
-            f"resumed ({was}{', writer flags cleared' if repaired else ''}); lines complete per pass: {lines}",
-        )
+        with writer._closed_on_error():
+            if stored_status is not ScanStatus.RUNNING:
+                writer._reopen()
+            writer.event(
+                "info",
+                f"resumed ({was}{', writer flags cleared' if repaired else ''}); lines complete per pass: {lines}",
+            )
         return writer
 
     def _load_state(self) -> None:
         """Committed counts and table ends, from the counters (the file's only authority)."""
         file = self._file
+        missing = [name for name in _WRITER_ITEMS if name not in file]
+        if missing:
+            raise ScanFileError(
+                f"{self.path} was not written by plmapper's writer and cannot be appended to (missing: "
+                f"{', '.join(missing)})"
+            )
         self._powers_w = tuple(float(power) for power in np.atleast_1d(file.attrs["powers_w"]))
         self._planned_lines = len(file["plan/lines"]) if "plan/lines" in file else 0
         self._passes: list[tuple[h5py.Dataset, h5py.Dataset, _Counter]] = []
@@ -922,6 +933,16 @@ class ScanFileWriter:
         self.close()
 
     # -- internals -----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        """Close the writer (and release its lock) if the block fails: the caller never gets it."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.close()
+            raise
+
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"{self.path}: the scan file writer is closed")
@@ -999,6 +1020,27 @@ class ScanFileWriter:
             if dataset.shape[0] != size:
                 dataset.resize((size,))
         self._flush_and_sync()
+
+
+_WRITER_ITEMS = (
+    "plan/lines",
+    "status/message_utf8",
+    "status/message_length",
+    "status/finished_unix_s",
+    "alignment/records",
+    "alignment/sites_npy",
+    "alignment/count",
+    "spectra/records",
+    "spectra/wavelength_nm",
+    "spectra/power_w_per_nm",
+    "spectra/count",
+    "power_log/records",
+    "power_log/count",
+    "events/records",
+    "events/text_utf8",
+    "events/count",
+)
+"""Optional for readers, but a file must have them all to be appended to."""
 
 
 def _pass_name(index: int) -> str:
@@ -1286,6 +1328,12 @@ class ScanFile:
             raise ScanFileError(f"{self.path}: pass {pass_index} line {line_index}: record does not match the data")
         return np.asarray(samples[offset : offset + size], dtype=np.float32)
 
+    def pass_samples(self, pass_index: int) -> np.ndarray:
+        """All samples of the complete lines of ``pass_index``, end to end (float32; slice with the records)."""
+        records = self._checked(pass_index)
+        end = _end(records, "sample_offset", "sample_count")
+        return np.asarray(self._fresh(self._pass_group(pass_index)["samples_v"])[:end], dtype=np.float32)
+
     def spectra_count(self) -> int:
         """Number of complete spectra."""
         return self._count("spectra")
@@ -1395,10 +1443,9 @@ class ScanFile:
             done = self.lines_complete(index)
             records = self.line_records(index)
             samples = int(records["sample_count"].sum(dtype=np.int64))
+            of = f" of {planned}" if planned or not done else ""  # an imported file may have no plan
             share = f" ({done / planned:.0%})" if planned else ""
-            out.append(
-                f"  pass {index} at {power * 1e3:g} mW: {done} of {planned} lines complete{share}, {samples:,} samples"
-            )
+            out.append(f"  pass {index} at {power * 1e3:g} mW: {done}{of} lines complete{share}, {samples:,} samples")
         alignment = self.alignment()
         if alignment is None:
             out.append("  alignment: none")

@@ -1,0 +1,308 @@
+"""The scan engine on the virtual station: complete scans, resume after a killed process, abort, pause, faults.
+
+The coarse test wafer (tests/data) has its laser drift switched off and its noise seeded by position, so the same
+line measured twice gives the same samples: a resumed scan must equal an uninterrupted one line for line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.errors import InstrumentError
+from drivers.station import Station, load_station_config, open_station
+from drivers.virtual.bench import Placement
+from drivers.virtual.profile import load_profile
+from drivers.virtual.station import VirtualStation
+from drivers.virtual.world import WaferWorld
+from inspection.job import ScanIdentity, run_scan
+from inspection.plan import plan_scan, spectrum_sites
+from inspection.recipe import load_recipe
+from inspection.scan import ScanEngine, ScanPhase, ScanProgress, stage_acceleration_um_s2
+from inspection.scanfile import ScanFile, ScanFileWriter, ScanStatus
+from inspection.station_check import run_station_check
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+PROFILE = DATA / "coarse-profile.toml"
+RECIPE = DATA / "coarse-recipe.toml"
+STATION = DATA / "coarse-station.toml"
+IDENTITY = ScanIdentity(operator="test", lot_id="LOT1", wafer_id="W01")
+
+
+@pytest.fixture(scope="module")
+def virtual() -> VirtualStation:
+    with VirtualStation.start(PROFILE) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def station_on(virtual: VirtualStation):
+    virtual.control(op="clear_faults")
+    virtual.control(op="interlock", closed=True)
+    station = open_station(load_station_config(STATION), resources=virtual.resources)
+    try:
+        yield station
+    finally:
+        with contextlib.suppress(InstrumentError):
+            station.close()
+        virtual.control(op="clear_faults")
+
+
+def scan(virtual: VirtualStation, path: Path, *, resume: bool = False, **options) -> tuple:
+    with station_on(virtual) as station:
+        outcome = run_scan(
+            RECIPE, load_station_config(STATION), path, IDENTITY, resume=resume, station=station, **options
+        )
+    return outcome, virtual.control(op="status")
+
+
+@pytest.fixture(scope="module")
+def reference(virtual: VirtualStation, tmp_path_factory) -> ScanFile:
+    path = tmp_path_factory.mktemp("reference") / "reference.h5"
+    before = virtual.control(op="status")["commands"]
+    outcome, status = scan(virtual, path)
+    assert outcome.status is ScanStatus.COMPLETE, outcome.message
+    after = status["commands"]
+    reference = ScanFile(path)
+    reference.commands_per_scan = {role: after[role] - before.get(role, 0) for role in after}  # type: ignore[attr-defined]
+    return reference
+
+
+def assert_same_lines(result: ScanFile, reference: ScanFile, *, complete: bool = True) -> None:
+    """Every line in ``result`` equals the reference's line of the same index, sample for sample."""
+    for pass_index in range(len(reference.powers_w)):
+        count = result.lines_complete(pass_index)
+        if complete:
+            assert count == reference.lines_complete(pass_index)
+        for line in range(count):
+            # equal to float32 precision: the virtual clock's absolute time can change the last bit of a position
+            expected = reference.line_samples(pass_index, line)
+            np.testing.assert_allclose(result.line_samples(pass_index, line), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_complete_scan(reference: ScanFile) -> None:
+    recipe = load_recipe(RECIPE)
+    assert reference.status is ScanStatus.COMPLETE
+    plan = reference.plan_lines
+    for pass_index, power in enumerate(recipe.excitation.powers_w):
+        records = reference.line_records(pass_index)
+        assert reference.lines_complete(pass_index) == len(plan)
+        np.testing.assert_array_equal(records["sample_count"], plan["sample_count"])
+        assert np.all(np.abs(records["power_before_w"] / power - 1) < 0.05)
+        assert np.all(records["laser_setpoint_w"] == power)
+    # the high-power pass sees the chips brightly, the low-power pass dimly
+    assert reference.line_samples(1, 40).max() > 5 * reference.line_samples(0, 40).max()
+    assert len(reference.spectra()) == len(spectrum_sites(recipe)[0])
+    assert reference.identities["laser"].startswith("Coherent")
+    assert "powers_w" in reference.recipe_toml
+
+
+def test_alignment_in_the_file_puts_every_chip_index_right(reference: ScanFile) -> None:
+    truth = WaferWorld(load_profile(PROFILE)).placement
+    stored = reference.alignment()
+    layout = load_recipe(RECIPE).layout()
+    cols, rows = layout.usable_chips()
+    x, y = layout.chip_center_um(cols, rows)
+    stage = truth.wafer_to_stage(x, y)
+    found = Placement(stored["offset_x_um"], stored["offset_y_um"], stored["rotation_deg"])
+    col_found, row_found, hit = layout.chip_at(*found.stage_to_wafer(*stage))
+    assert hit.all()
+    np.testing.assert_array_equal(col_found, cols)
+    np.testing.assert_array_equal(row_found, rows)
+
+
+def test_laser_is_off_after_a_complete_scan(virtual: VirtualStation, reference: ScanFile) -> None:
+    assert virtual.control(op="status")["laser_emission"] is False
+
+
+def test_resume_after_killed_process_gives_identical_result(virtual, reference, tmp_path: Path) -> None:
+    path = tmp_path / "killed.h5"
+    command = [
+        sys.executable,
+        "-m",
+        "app.cli",
+        "scan",
+        "--recipe",
+        str(RECIPE),
+        "--station",
+        str(STATION),
+        "--out",
+        str(path),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception), ScanFile(path) as running:
+                if running.lines_complete(0) >= 30:
+                    break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the scan did not get going")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the process and its virtual station, mid-line
+        process.wait()
+    with ScanFile(path) as interrupted:
+        assert interrupted.status is ScanStatus.INTERRUPTED
+        done = interrupted.lines_complete(0)
+        assert 30 <= done < len(interrupted.plan_lines) or interrupted.lines_complete(1) < len(interrupted.plan_lines)
+        assert_same_lines(interrupted, reference, complete=False)
+
+    outcome, status = scan(virtual, path, resume=True)
+    assert outcome.status is ScanStatus.COMPLETE, outcome.message
+    assert status["laser_emission"] is False
+    with ScanFile(path) as resumed:
+        assert_same_lines(resumed, reference)
+        assert len(resumed.spectra()) == len(reference.spectra())
+
+
+def test_abort_then_resume(virtual, reference, tmp_path: Path) -> None:
+    path = tmp_path / "aborted.h5"
+    engines = []
+
+    def abort_after_20_lines(progress: ScanProgress) -> None:
+        if progress.lines_done >= 20:
+            engines[0].abort()
+
+    outcome, status = scan(virtual, path, on_progress=abort_after_20_lines, on_engine=engines.append)
+    assert outcome.status is ScanStatus.ABORTED
+    assert "resume" in outcome.message
+    assert status["laser_emission"] is False
+    with ScanFile(path) as stopped:
+        assert stopped.status is ScanStatus.ABORTED and 20 <= stopped.lines_complete(0) < len(stopped.plan_lines)
+    outcome, _ = scan(virtual, path, resume=True)
+    assert outcome.status is ScanStatus.COMPLETE
+    with ScanFile(path) as resumed:
+        assert_same_lines(resumed, reference)
+
+
+def commands_at(reference: ScanFile, role: str, fraction: float) -> int:
+    return max(1, int(reference.commands_per_scan[role] * fraction))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("role", "kind", "fraction"),
+    [
+        ("detector", "disconnect", 0.6),
+        ("detector", "timeout", 0.6),
+        ("detector", "garbage", 0.6),
+        ("stage", "disconnect", 0.7),
+        ("stage", "timeout", 0.7),
+        ("stage", "garbage", 0.7),
+        ("power_meter", "timeout", 0.6),
+        ("power_meter", "garbage", 0.6),
+    ],
+)
+def test_instrument_faults_are_retried_and_lose_nothing(virtual, reference, tmp_path: Path, *, role, kind, fraction):
+    path = tmp_path / f"{role}-{kind}.h5"
+    with station_on(virtual) as station:
+        virtual.inject_fault(role, kind, at_command=commands_at(reference, role, fraction))
+        outcome = run_scan(RECIPE, load_station_config(STATION), path, IDENTITY, station=station)
+    assert outcome.status is ScanStatus.COMPLETE, outcome.message
+    with ScanFile(path) as result:
+        assert any("reconnected" in message for _, _, message in result.events())
+        assert_same_lines(result, reference)
+    assert virtual.control(op="status")["laser_emission"] is False
+
+
+@pytest.mark.parametrize(
+    ("role", "kind", "fraction", "expected"),
+    [
+        ("laser", "interlock", 0.5, "interlock open"),
+        ("stage", "stall", 0.6, "stage stopped"),
+        ("stage", "limit", 0.6, "stage stopped"),
+        ("detector", "timeout", 0.6, "after retries"),
+    ],
+)
+def test_unrecoverable_faults_stop_cleanly_and_resume(
+    virtual, reference, tmp_path: Path, *, role, kind, fraction, expected
+):
+    path = tmp_path / f"{role}-{kind}.h5"
+    with station_on(virtual) as station:
+        count = 1000 if kind == "timeout" else 1  # a detector that stays silent is beyond retries
+        virtual.inject_fault(role, kind, at_command=commands_at(reference, role, fraction), count=count)
+        outcome = run_scan(RECIPE, load_station_config(STATION), path, IDENTITY, station=station)
+        status = virtual.control(op="status")
+    assert outcome.status is ScanStatus.FAILED
+    assert expected in outcome.message
+    assert status["laser_emission"] is False
+    with ScanFile(path) as stopped:
+        assert stopped.status is ScanStatus.FAILED
+        assert_same_lines(stopped, reference, complete=False)  # what was written is right
+    outcome, _ = scan(virtual, path, resume=True)
+    assert outcome.status is ScanStatus.COMPLETE, outcome.message
+    with ScanFile(path) as resumed:
+        assert_same_lines(resumed, reference)
+
+
+def test_pause_switches_the_laser_off_and_resume_continues(virtual, reference, tmp_path: Path) -> None:
+    recipe = load_recipe(RECIPE)
+    stored = reference.alignment()
+    placement = Placement(stored["offset_x_um"], stored["offset_y_um"], stored["rotation_deg"])
+    paused = threading.Event()
+    with station_on(virtual) as station:
+        plan = plan_scan(recipe, placement, accel_um_s2=stage_acceleration_um_s2(station))
+        writer = ScanFileWriter.create(
+            tmp_path / "paused.h5",
+            recipe_toml=reference.recipe_toml,
+            station_toml="",
+            identities={},
+            plan_lines=plan.lines,
+            powers_w=plan.powers_w,
+            plan_summary=plan.summary(),
+            operator="t",
+            lot_id="l",
+            wafer_id="w",
+            software_version="test",
+        )
+
+        def on_progress(progress: ScanProgress) -> None:
+            if progress.phase is ScanPhase.PAUSED:
+                paused.set()
+            elif progress.lines_done == 10 and not paused.is_set():
+                engine.pause()
+
+        with writer:
+            engine = ScanEngine(station, recipe, plan, writer, placement=placement, on_progress=on_progress)
+            engine.start()
+            assert paused.wait(30)
+            laser_while_paused = virtual.control(op="status")["laser_emission"]
+            lines_while_paused = writer.next_line(0)
+            time.sleep(0.2)
+            assert writer.next_line(0) == lines_while_paused  # nothing moves while paused
+            engine.resume()
+            assert engine.wait(60) is ScanStatus.COMPLETE
+    assert laser_while_paused is False
+    with ScanFile(tmp_path / "paused.h5") as result:
+        assert_same_lines(result, reference)
+
+
+def test_existing_output_is_refused(virtual, reference, tmp_path: Path) -> None:
+    path = tmp_path / "exists.h5"
+    path.write_bytes(b"")
+    with pytest.raises(FileExistsError, match="already exists"):
+        scan(virtual, path)
+
+
+def test_station_check_still_passes_after_scans(virtual, reference) -> None:
+    with station_on(virtual) as station:
+        assert isinstance(station, Station)
+        results = run_station_check(station)
+    assert all(result.passed for result in results), [r for r in results if not r.passed]
