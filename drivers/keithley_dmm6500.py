@@ -137,6 +137,8 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
         # sent when the state differs from what the next exchange needs.
         self._binary_format: bool | None = None
         self._digitize_selected = False
+        self._line_setup: tuple[float, float] | None = None  # (rate, range) of the loaded line trigger model
+        self._buffer_points = 0
 
     # -- connection ----------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -156,6 +158,7 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
             self.write("*RST")
             self._binary_format = False
             self._digitize_selected = False
+            self._line_setup = None
 
     def make_safe(self) -> None:
         """Stop the trigger model: the DMM drives nothing, so idle is safe."""
@@ -173,6 +176,13 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
         rate_hz = strict_range(MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ, unit="Hz")("sample_rate_hz", sample_rate_hz)
         count = strict_integer_range(1, MAX_SAMPLE_COUNT)("sample_count", sample_count)
         with self.lock:
+            if self._line_setup == (rate_hz, self._range_v) and count <= self._buffer_points:
+                # same line set-up as last time (a scan's next line): only the count changes; the trigger
+                # model, its external wait and the buffer stay loaded, and block 1 clears the buffer at :INIT
+                self.write(":ABOR")
+                self.sample_count = count
+                return
+            self._line_setup = None  # unknown until every setting below has been accepted
             self.write(":ABOR")  # settings are refused while a trigger model runs
             self.write(':DIG:FUNC "VOLT"')
             self._digitize_selected = True
@@ -188,6 +198,8 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
             self.write(f':TRIG:BLOC:BUFF:CLE 1, "{LINE_BUFFER}"')
             self.write(":TRIG:BLOC:WAIT 2, EXT, ENT")
             self.write(f':TRIG:BLOC:MDIG 3, "{LINE_BUFFER}", AUTO')
+            self._buffer_points = max(count, MIN_BUFFER_POINTS)
+            self._line_setup = (rate_hz, self._range_v)
 
     def arm(self) -> None:
         """Start the trigger model: clear the buffer, then wait for the external edge."""
@@ -234,6 +246,7 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
         with self.lock:
             self._select_binary_format(False)
             self._digitize_selected = False  # MEAS selects DC volts even if its reply is lost
+            self._line_setup = None  # the next line loads its trigger model afresh
             value = float(self.query_parsed(command, _parse_reading))
         if abs(value) >= OVERFLOW_READING_V:
             raise InstrumentReplyError(self.name, "input over range", command=command, reply=f"{value:.6E}")

@@ -286,6 +286,7 @@ class ZaberXMCC(Instrument, Stage):
         self.microstep_um = self._per_axis("microstep_um", DEFAULT_MICROSTEP_UM, microstep_um)
         self.max_velocity_um_s = self._per_axis("max_velocity_um_s", DEFAULT_MAX_VELOCITY_UM_S, max_velocity_um_s)
         self.motion_timeout_s = _positive_finite("motion_timeout_s", motion_timeout_s)
+        self._settings_sent: dict[tuple[Axis, str], int] = {}
         self.home_timeout_s = _positive_finite("home_timeout_s", home_timeout_s)
         self.poll_interval_s = _positive_finite("poll_interval_s", poll_interval_s)
         self._limits_steps: dict[Axis, tuple[int, int]] = {}
@@ -525,7 +526,17 @@ class ZaberXMCC(Instrument, Stage):
         slowest = self.microstep_um[axis] / SPEED_DATA_PER_MICROSTEP_S
         velocity = strict_range(slowest, self.max_velocity_um_s[axis], unit="µm/s")("velocity_um_s", velocity_um_s)
         data = round(velocity / self.microstep_um[axis] * SPEED_DATA_PER_MICROSTEP_S)
-        self.write(self._command(f"set maxspeed {data}", axis))
+        self._send_setting(axis, "maxspeed", data)
+
+    def _send_setting(self, axis: Axis, name: str, data: int) -> None:
+        """``set <name> <data>`` unless this connection already set that value: a scan sets the same speeds for
+        every line, and each exchange costs a round trip. (The driver assumes it alone drives the controller.)"""
+        key = (axis, name)
+        if self._settings_sent.get(key) == data:
+            return
+        self._settings_sent.pop(key, None)  # unknown if the write fails half-way
+        self.write(self._command(f"set {name} {data}", axis))
+        self._settings_sent[key] = data
 
     def velocity_um_s(self, axis: Axis) -> float:
         axis = self._check_axis(axis)
@@ -539,7 +550,7 @@ class ZaberXMCC(Instrument, Stage):
         lowest, highest = (data / ACCEL_DATA_PER_MICROSTEP_S2 * step for data in (1, MAX_ACCEL_DATA))
         acceleration = strict_range(lowest, highest, unit="µm/s²")("acceleration_um_s2", acceleration_um_s2)
         data = round(acceleration / step * ACCEL_DATA_PER_MICROSTEP_S2)
-        self.write(self._command(f"set accel {data}", axis))
+        self._send_setting(axis, "accel", data)
 
     def acceleration_um_s2(self, axis: Axis) -> float:
         """The acceleration of ``axis``."""

@@ -53,6 +53,12 @@ def configure_exchanges(range_text: str, rate_text: str, count: int, points: int
 CONFIGURE_100K_1000 = configure_exchanges("10", "100000", 1000, 1000)
 
 
+def without_command(exchanges: list[tuple[bytes, bytes | None]], command: str) -> list[tuple[bytes, bytes | None]]:
+    """``exchanges`` less one command and the error-queue check after it."""
+    index = exchanges.index((command.encode() + b"\n", None))
+    return exchanges[:index] + exchanges[index + 2 :]
+
+
 # -- protocol ------------------------------------------------------------------------------------------------------
 
 
@@ -79,6 +85,33 @@ def test_connect_clears_the_event_log_and_identity_parses_idn() -> None:
 
 def test_configure_builds_the_external_trigger_model() -> None:
     with expected_protocol(KeithleyDMM6500, CONFIGURE_100K_1000) as dmm:
+        dmm.configure_triggered_acquisition(100e3, 1000)
+
+
+def test_next_line_with_the_same_set_up_only_changes_the_count() -> None:
+    exchanges = [
+        *CONFIGURE_100K_1000,
+        *write(":ABOR"),
+        *write(":DIG:COUN 800"),  # fits the buffer: the trigger model stays loaded
+        # another rate: everything again, but the data format, already binary, is not sent twice
+        *without_command(configure_exchanges("10", "200000", 1200, 1200), ":FORM:DATA REAL"),
+    ]
+    with expected_protocol(KeithleyDMM6500, exchanges) as dmm:
+        dmm.configure_triggered_acquisition(100e3, 1000)
+        dmm.configure_triggered_acquisition(100e3, 800)
+        dmm.configure_triggered_acquisition(200e3, 1200)
+
+
+def test_a_dc_reading_makes_the_next_line_load_its_trigger_model_again() -> None:
+    exchanges = [
+        *CONFIGURE_100K_1000,
+        *write(":FORM:DATA ASC"),
+        (b':MEAS:VOLT:DC? "defbuffer2"\n', b"1.5E-01\n"),
+        *CONFIGURE_100K_1000,
+    ]
+    with expected_protocol(KeithleyDMM6500, exchanges) as dmm:
+        dmm.configure_triggered_acquisition(100e3, 1000)
+        assert dmm.read_voltage_v() == pytest.approx(0.15)
         dmm.configure_triggered_acquisition(100e3, 1000)
 
 
