@@ -96,6 +96,7 @@ def run_scan(
         recipe_text = recipe_to_toml(recipe)
         placement = Placement()  # nominal: centred, not rotated, until alignment measures it
     options = options or ScanOptions()
+    result: AlignmentResult | None = None
     opened = contextlib.nullcontext(station) if station is not None else connect(station_config)
     with opened as station_in_use:
         station = station_in_use
@@ -108,7 +109,6 @@ def run_scan(
                 raise ScanFileError(f"{output}: the stored plan no longer matches its recipe; it cannot be resumed")
             writer = ScanFileWriter.resume(output)
         else:
-            result = None
             if recipe.alignment.enabled:
                 result = align_with_station(station, recipe, options)
                 placement = result.placement
@@ -130,7 +130,8 @@ def run_scan(
                 software_version=software_version(),
                 extra={"host": os.uname().nodename},
             )
-            if result is not None:
+        with writer:
+            if not resume and result is not None:
                 writer.write_alignment(
                     offset_x_um=placement.offset_x_um,
                     offset_y_um=placement.offset_y_um,
@@ -138,7 +139,6 @@ def run_scan(
                     residual_um=result.residual_um,
                     sites=result.sites,
                 )
-        with writer:
             engine = ScanEngine(
                 station, recipe, plan, writer, placement=placement, on_progress=on_progress, options=options
             )

@@ -44,9 +44,10 @@ from drivers.errors import (
 from drivers.interfaces import Axis, IntensityDetector, Stage, TriggerDirection
 from drivers.station import Station
 from drivers.virtual.bench import Placement
+from inspection.flagging import flag_chips
 from inspection.plan import ScanPlan, spectrum_sites
 from inspection.recipe import Recipe
-from inspection.scanfile import ScanFileWriter, ScanStatus
+from inspection.scanfile import ScanFile, ScanFileWriter, ScanStatus
 
 RETRYABLE_ERRORS = (InstrumentTimeoutError, InstrumentConnectionError, InstrumentReplyError)
 """Instrument trouble a reconnect can cure."""
@@ -316,7 +317,7 @@ class ScanEngine:
         return record, acquired.samples_v
 
     def _measure_spectra(self) -> None:
-        site_cols, site_rows = spectrum_sites(self.recipe)
+        site_cols, site_rows, reasons = self._spectrum_targets()
         done = self.writer.spectra_count()
         if done >= site_cols.size:
             return
@@ -325,7 +326,7 @@ class ScanEngine:
         placement = self.placement
         station.spectrometer.configure(spectra.start_nm, spectra.stop_nm, spectra.resolution_nm, spectra.points)
         self._laser_on(self.plan.powers_w[-1])
-        for col, row in zip(site_cols[done:], site_rows[done:], strict=True):
+        for col, row, reason in zip(site_cols[done:], site_rows[done:], reasons[done:], strict=True):
             if self._abort.is_set():
                 raise ScanAborted
             x_um, y_um = layout.chip_center_um(np.array([col]), np.array([row]))
@@ -339,12 +340,31 @@ class ScanEngine:
                 row=int(row),
                 x_um=float(x_um[0]),
                 y_um=float(y_um[0]),
-                reason=spectra.pattern.value,
+                reason=reason,
                 wavelength_nm=spectrum.wavelength_nm,
                 power_w_per_nm=spectrum.power_w_per_nm,
             )
             self._report(ScanPhase.SPECTRA, len(self.plan.powers_w) - 1, f"spectrum of chip ({col}, {row})")
         station.laser.set_emission(False)
+
+    def _spectrum_targets(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Chips to take spectra of, in a fixed order: the recipe's pattern, then chips the passes flagged."""
+        spectra = self.recipe.spectra
+        cols, rows = spectrum_sites(self.recipe)
+        reasons = [spectra.pattern.value] * cols.size
+        if spectra.include_flagged and spectra.max_flagged:
+            with ScanFile(self.writer.path) as scan:
+                flagged_cols, flagged_rows = flag_chips(
+                    scan, self.recipe, self.placement, max_count=spectra.max_flagged
+                )
+            taken = set(zip(cols.tolist(), rows.tolist(), strict=True))
+            extra = [
+                (c, r) for c, r in zip(flagged_cols.tolist(), flagged_rows.tolist(), strict=True) if (c, r) not in taken
+            ]
+            cols = np.concatenate([cols, np.array([c for c, _ in extra], dtype=np.int64)])
+            rows = np.concatenate([rows, np.array([r for _, r in extra], dtype=np.int64)])
+            reasons += ["flagged"] * len(extra)
+        return cols, rows, reasons
 
     def _finish(self, status: ScanStatus, message: str) -> None:
         self.status, self.status_message = status, message

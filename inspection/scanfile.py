@@ -145,9 +145,9 @@ FORMAT_NAME = "plmapper-scan"
 FORMAT_VERSION = 1
 
 SAMPLES_CHUNK = 131072
-"""Samples per chunk of ``samples_v`` (512 KiB). Each committed line rewrites the partly filled chunk it ends in;
-with 1 M-sample (4 MiB) chunks that write amplification made an fsync'ed 100 k-sample line cost 5.4 ms (18 M
-samples/s), with 128 k-sample chunks it costs ~2 ms (~50 M samples/s) on the same machine."""
+"""Samples per chunk of ``samples_v`` (512 KiB). Each commit rewrites the partly filled chunk a line ends in: with
+1 M-sample (4 MiB) chunks that write amplification held fsync'ed 100 k-sample lines to 17–18 M samples/s, with
+128 k-sample chunks the writer reaches ~40 M samples/s on the same machine (docs/scan-file.md)."""
 
 
 class ScanStatus(StrEnum):
@@ -1183,6 +1183,19 @@ class ScanFile:
     ----------
     path : path-like
         The scan file.
+
+    Attributes
+    ----------
+    path : Path
+    format_version : int
+    uuid, created_utc, operator, lot_id, wafer_id, software_version, plan_summary : str
+        As written at creation ("" where an imported file has none).
+    recipe_toml, station_toml : str
+    identities, extra : dict of str to str
+    plan_lines : ndarray
+        The plan's line table as given to ``create`` (empty if absent).
+    powers_w : tuple of float
+        Laser power of each pass.
 
     Raises
     ------

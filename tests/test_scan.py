@@ -102,7 +102,9 @@ def test_complete_scan(reference: ScanFile) -> None:
         assert np.all(records["laser_setpoint_w"] == power)
     # the high-power pass sees the chips brightly, the low-power pass dimly
     assert reference.line_samples(1, 40).max() > 5 * reference.line_samples(0, 40).max()
-    assert len(reference.spectra()) == len(spectrum_sites(recipe)[0])
+    spectra = reference.spectra()
+    assert sum(spectrum["reason"] == "grid" for spectrum in spectra) == len(spectrum_sites(recipe)[0])
+    assert 0 < sum(spectrum["reason"] == "flagged" for spectrum in spectra) <= recipe.spectra.max_flagged
     assert reference.identities["laser"].startswith("Coherent")
     assert "powers_w" in reference.recipe_toml
 
@@ -119,6 +121,17 @@ def test_alignment_in_the_file_puts_every_chip_index_right(reference: ScanFile) 
     assert hit.all()
     np.testing.assert_array_equal(col_found, cols)
     np.testing.assert_array_equal(row_found, rows)
+
+
+def test_flagged_chips_are_defective_and_their_spectra_peak_at_their_wavelength(reference: ScanFile) -> None:
+    world = WaferWorld(load_profile(PROFILE))
+    for spectrum in reference.spectra():
+        truth = world.chip_truth(np.array([spectrum["col"]]), np.array([spectrum["row"]]))
+        if spectrum["reason"] == "flagged":
+            assert truth.flags[0] != 0, f"chip ({spectrum['col']}, {spectrum['row']}) was flagged but is good"
+        if truth.flags[0] == 0:
+            peak = spectrum["wavelength_nm"][np.argmax(spectrum["power_w_per_nm"])]
+            assert abs(peak - truth.wavelength_nm[0]) < 1.0
 
 
 def test_laser_is_off_after_a_complete_scan(virtual: VirtualStation, reference: ScanFile) -> None:
@@ -306,3 +319,28 @@ def test_station_check_still_passes_after_scans(virtual, reference) -> None:
         assert isinstance(station, Station)
         results = run_station_check(station)
     assert all(result.passed for result in results), [r for r in results if not r.passed]
+
+
+def test_grid_locked_lines_run_through_every_chip_of_their_row(virtual, tmp_path: Path) -> None:
+    recipe_path = tmp_path / "grid-locked.toml"
+    recipe_path.write_text(RECIPE.read_text().replace('mode = "raster"', 'mode = "grid-locked"'))
+    with station_on(virtual) as station:
+        outcome = run_scan(recipe_path, load_station_config(STATION), tmp_path / "grid.h5", IDENTITY, station=station)
+    assert outcome.status is ScanStatus.COMPLETE, outcome.message
+    recipe = load_recipe(recipe_path)
+    layout = recipe.layout()
+    with ScanFile(tmp_path / "grid.h5") as result:
+        assert len(result.plan_lines) == int(np.count_nonzero(layout.row_extent(np.arange(layout.row_count))[0] >= 0))
+        pitch_samples = recipe.grid.pitch_x_um / recipe.sampling.sample_pitch_um
+        peaks_per_line = []
+        for line in range(len(result.plan_lines)):
+            samples = result.line_samples(1, line)
+            usable = samples[int(pitch_samples / 2) : -int(pitch_samples / 2)]
+            # one value per chip pitch: the brightest sample within it
+            chips = usable[: usable.size // int(pitch_samples) * int(pitch_samples)].reshape(-1, int(pitch_samples))
+            peaks_per_line.append(chips.max(axis=1))
+    full_brightness = np.percentile(np.concatenate(peaks_per_line), 95)
+    bright_fractions = [np.mean(peaks > 0.7 * full_brightness) for peaks in peaks_per_line]
+    # a line through the chip centres sees nearly every chip at full brightness (defects are the exceptions);
+    # a raster line at an arbitrary height mostly grazes chips or runs along a street
+    assert np.median(bright_fractions) > 0.85
