@@ -40,9 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_BAD_INPUT
-    from inspection.scanfile import ScanFileError
-
     from drivers.errors import InstrumentError
+    from inspection.scanfile import ScanFileError
     from inspection.settings import SettingsError
 
     try:
@@ -121,17 +120,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from inspection.scanfile import ScanStatus
-
     from drivers.station import load_station_config
     from inspection.job import ScanIdentity, run_scan
     from inspection.scan import ScanProgress
+    from inspection.scanfile import ScanStatus
 
     config = load_station_config(args.station)
     last_print = [0.0]
 
-    def show_plan(plan) -> None:
-        print(plan.summary(), flush=True)
+    def show_plan(plan, label: str) -> None:
+        print(f"[{label}]\n{plan.summary()}", flush=True)
 
     def show_progress(progress: ScanProgress) -> None:
         now = time.monotonic()

@@ -67,7 +67,7 @@ def run_scan(
     identity: ScanIdentity,
     *,
     resume: bool = False,
-    on_plan: Callable[[ScanPlan], None] | None = None,
+    on_plan: Callable[[ScanPlan, str], None] | None = None,
     on_progress: Callable[[ScanProgress], None] | None = None,
     options: ScanOptions | None = None,
     station: Station | None = None,
@@ -103,7 +103,7 @@ def run_scan(
         accel = stage_acceleration_um_s2(station)
         plan = plan_scan(recipe, placement, accel_um_s2=accel)
         if on_plan is not None:
-            on_plan(plan)
+            on_plan(plan, "stored alignment" if resume and alignment is not None else "nominal placement")
         if resume:
             if not np.array_equal(stored_lines, plan.lines):
                 raise ScanFileError(f"{output}: the stored plan no longer matches its recipe; it cannot be resumed")
@@ -114,7 +114,11 @@ def run_scan(
                 placement = result.placement
                 plan = plan_scan(recipe, placement, accel_um_s2=accel)
                 if on_plan is not None:
-                    on_plan(plan)
+                    on_plan(
+                        plan,
+                        f"after alignment: offset ({placement.offset_x_um:.1f}, {placement.offset_y_um:.1f}) µm, "
+                        f"rotation {placement.rotation_deg:.4f}°, residual {result.residual_um:.2f} µm",
+                    )
             identities = {role: str(ident) for role, ident in station.identities().items()}
             writer = ScanFileWriter.create(
                 output,

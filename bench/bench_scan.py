@@ -1,0 +1,166 @@
+"""Benchmark: scan ingest, from the virtual station into the scan file, and planned scan times.
+
+Measured in one run, with ratios to baselines from the same run:
+
+1. the scan file's ``write_line`` (commit + fsync per line) against a bare h5py append of the same lines;
+2. end to end at time scale 0: the scan engine acquiring long position-triggered lines from the virtual station
+   (stage, trigger, digitizer, binary transfer, file), against the virtual station's own physics render of the
+   same lines (the simulator's ceiling: the engine cannot take samples faster than the simulator makes them);
+3. the physical scan time the plan predicts for the 6" example recipe, raster against grid-locked, next to
+   camera-based PL imaging's ~5 minutes for a 6" wafer.
+
+Run: ``python bench/bench_scan.py`` (about a minute).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from drivers.station import load_station_config, open_station
+from drivers.virtual.bench import Placement
+from drivers.virtual.profile import load_profile
+from drivers.virtual.station import VirtualStation
+from drivers.virtual.world import WaferWorld
+from inspection.plan import LINE_DTYPE, ScanPlan, plan_scan
+from inspection.recipe import ScanMode, SpectraSettings, load_recipe
+from inspection.scan import ScanEngine, stage_acceleration_um_s2
+from inspection.scanfile import ScanFileWriter
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE = REPO / "resources" / "profiles" / "demo-2in.toml"
+RECIPE = REPO / "resources" / "recipes" / "demo-2in.toml"
+STATION = REPO / "resources" / "stations" / "virtual.toml"
+SIX_INCH = REPO / "resources" / "recipes" / "blue-6in.toml"
+
+LINE_SAMPLES = 100_000
+LINES = 40
+
+
+def bench_file_writes(folder: Path) -> tuple[float, float]:
+    """Samples/s of ``write_line`` and of a bare h5py append of the same data."""
+    samples = np.random.default_rng(0).random(LINE_SAMPLES).astype(np.float32)
+    plan_lines = np.zeros(LINES, dtype=LINE_DTYPE)
+    plan_lines["line_index"] = np.arange(LINES)
+    plan_lines["sample_count"] = LINE_SAMPLES
+    record = {
+        "trigger_time_s": 0.0, "wall_time_unix_s": 0.0, "x_start_readback_um": 0.0, "y_start_readback_um": 0.0,
+        "x_stop_readback_um": 0.0, "y_stop_readback_um": 0.0, "power_before_w": 0.0, "power_after_w": 0.0,
+        "laser_setpoint_w": 0.01,
+    }  # fmt: skip
+    writer = ScanFileWriter.create(
+        folder / "writes.h5", recipe_toml="", station_toml="", identities={}, plan_lines=plan_lines,
+        powers_w=[0.01], plan_summary="bench", operator="bench", lot_id="bench", wafer_id="bench",
+        software_version="bench",
+    )  # fmt: skip
+    with writer:
+        started = time.perf_counter()
+        for line in range(LINES):
+            writer.write_line(0, line, samples, {"line_index": float(line), **record})
+        file_rate = LINES * LINE_SAMPLES / (time.perf_counter() - started)
+    with h5py.File(folder / "bare.h5", "w") as bare:
+        dataset = bare.create_dataset("samples", shape=(0,), maxshape=(None,), dtype="f4", chunks=(131072,))
+        started = time.perf_counter()
+        for line in range(LINES):
+            dataset.resize(((line + 1) * LINE_SAMPLES,))
+            dataset[line * LINE_SAMPLES :] = samples
+            bare.flush()
+        bare_rate = LINES * LINE_SAMPLES / (time.perf_counter() - started)
+    return file_rate, bare_rate
+
+
+def long_line_plan(recipe, placement: Placement, accel_um_s2: float) -> ScanPlan:
+    """Raster lines of ``LINE_SAMPLES`` samples each through the middle of the wafer."""
+    base = plan_scan(recipe, placement, accel_um_s2=accel_um_s2)
+    pitch = recipe.sampling.sample_pitch_um
+    length = (LINE_SAMPLES - 1) * pitch
+    lines = np.zeros(LINES, dtype=LINE_DTYPE)
+    lines["line_index"] = np.arange(LINES)
+    y = np.arange(LINES) * recipe.sampling.line_pitch_um
+    forward = np.arange(LINES) % 2 == 0
+    lines["x_start_um"] = np.where(forward, -length / 2, length / 2)
+    lines["x_stop_um"] = -lines["x_start_um"]
+    lines["y_start_um"] = lines["y_stop_um"] = y
+    lines["sample_count"] = LINE_SAMPLES
+    return dataclasses.replace(base, lines=lines)
+
+
+def bench_end_to_end(folder: Path) -> tuple[float, float, float]:
+    """Samples/s of the engine end to end, of the simulator's render of the same lines, and of the engine with
+    the line's render time taken out (its own cost)."""
+    recipe = load_recipe(RECIPE)
+    world = WaferWorld(load_profile(PROFILE))
+    config = load_station_config(STATION)
+    with VirtualStation.start(PROFILE) as virtual:
+        station = open_station(config, resources=virtual.resources)
+        try:
+            accel = stage_acceleration_um_s2(station)
+            plan = long_line_plan(recipe, Placement(), accel)
+            plan = dataclasses.replace(plan, powers_w=plan.powers_w[-1:])
+            writer = ScanFileWriter.create(
+                folder / "ingest.h5", recipe_toml="", station_toml="", identities={}, plan_lines=plan.lines,
+                powers_w=plan.powers_w, plan_summary="bench", operator="bench", lot_id="bench", wafer_id="bench",
+                software_version="bench",
+            )  # fmt: skip
+            recipe_no_spectra = dataclasses.replace(recipe, spectra=SpectraSettings())
+            with writer:
+                engine = ScanEngine(station, recipe_no_spectra, plan, writer, placement=Placement())
+                started = time.perf_counter()
+                engine.run()
+                elapsed = time.perf_counter() - started
+        finally:
+            station.close()
+    end_to_end = LINES * LINE_SAMPLES / elapsed
+    # the simulator's part: render the same lines (wafer frame = stage frame for the nominal placement)
+    times = []
+    for line in plan.lines[:5]:
+        x = np.linspace(line["x_start_um"], line["x_stop_um"], LINE_SAMPLES)
+        y = np.full(LINE_SAMPLES, line["y_start_um"])
+        started = time.perf_counter()
+        world.pl_signal_v(x, y, np.full(LINE_SAMPLES, plan.powers_w[-1]), x * 0)
+        times.append(time.perf_counter() - started)
+    render_rate = LINE_SAMPLES / statistics.median(times)
+    engine_only = LINES * LINE_SAMPLES / max(elapsed - LINES * statistics.median(times), 1e-9)
+    return end_to_end, render_rate, engine_only
+
+
+def planned_six_inch() -> tuple[float, float]:
+    recipe = load_recipe(SIX_INCH)
+    accel = 3e6
+    durations = []
+    for mode in (ScanMode.RASTER, ScanMode.GRID_LOCKED):
+        variant = dataclasses.replace(recipe, sampling=dataclasses.replace(recipe.sampling, mode=mode))
+        durations.append(plan_scan(variant, Placement(), accel_um_s2=accel).estimated_duration_s)
+    return durations[0], durations[1]
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(dir=REPO) as folder:
+        file_rate, bare_rate = bench_file_writes(Path(folder))
+        end_to_end, render_rate, engine_only = bench_end_to_end(Path(folder))
+    raster_s, grid_s = planned_six_inch()
+    print(f"scan ingest, {LINES} lines of {LINE_SAMPLES:,} samples")
+    print(f"  bare h5py append + flush (baseline)      {bare_rate / 1e6:7.1f} M samples/s")
+    print(f"  scan file write_line (commit + fsync)     {file_rate / 1e6:7.1f} M samples/s  "
+          f"{file_rate / bare_rate:5.2f}x the bare append")  # fmt: skip
+    print(f"  virtual station physics render (ceiling) {render_rate / 1e6:7.1f} M samples/s")
+    print(f"  end to end, virtual station, time scale 0 {end_to_end / 1e6:7.1f} M samples/s  "
+          f"{end_to_end / render_rate:5.2f}x the simulator's render")  # fmt: skip
+    print(f"  engine's own cost (render time removed)   {engine_only / 1e6:7.1f} M samples/s  "
+          f"{engine_only / 1e6:5.1f}x real hardware's 1 M samples/s")  # fmt: skip
+    print("planned physical scan time, 6-inch example recipe (blue-6in)")
+    print(f"  raster        {raster_s / 3600:6.2f} h")
+    print(f"  grid-locked   {grid_s / 3600:6.2f} h   ({raster_s / grid_s:.1f}x faster than raster)")
+    print(f"  camera PL imaging (LumiTop, published)  0.08 h (5 min); grid-locked is {grid_s / 300:.0f}x slower")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
