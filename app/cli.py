@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ DEFAULT_STATION = RESOURCES / "stations" / "virtual.toml"
 DEFAULT_RECIPE = RESOURCES / "recipes" / "demo-2in.toml"
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INSTRUMENT, EXIT_SCAN_INCOMPLETE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # the shell's convention for "stopped by Ctrl-C"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INSTRUMENT
     except KeyboardInterrupt:
         print("plmapper: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 def _scan(args: argparse.Namespace) -> int:
     from drivers.station import load_station_config
     from inspection.job import ScanIdentity, run_scan
-    from inspection.scan import ScanProgress
+    from inspection.scan import ScanEngine, ScanProgress
     from inspection.scanfile import ScanStatus
 
     config = load_station_config(args.station)
@@ -144,20 +146,37 @@ def _scan(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    outcome = run_scan(
-        args.recipe,
-        config,
-        args.out,
-        ScanIdentity(operator=args.operator, lot_id=args.lot, wafer_id=args.wafer),
-        resume=args.resume,
-        on_plan=show_plan,
-        on_progress=show_progress,
-    )
+    engines: list[ScanEngine] = []
+    interrupted = []
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        # the first Ctrl-C stops cleanly after the current line (laser off, file resumable); a second one at once
+        if engines and not interrupted:
+            interrupted.append(True)
+            engines[0].abort()
+            print("\nstopping after the current line (Ctrl-C again to interrupt at once)", file=sys.stderr)
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        outcome = run_scan(
+            args.recipe,
+            config,
+            args.out,
+            ScanIdentity(operator=args.operator, lot_id=args.lot, wafer_id=args.wafer),
+            resume=args.resume,
+            on_plan=show_plan,
+            on_progress=show_progress,
+            on_engine=engines.append,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print(f"{outcome.status.value}: {outcome.message} ({outcome.path})")
     if outcome.status is ScanStatus.COMPLETE:
         return EXIT_OK
     print(f"resume with: plmapper scan --resume --out {outcome.path}", file=sys.stderr)
-    return EXIT_SCAN_INCOMPLETE
+    return EXIT_INTERRUPTED if interrupted else EXIT_SCAN_INCOMPLETE
 
 
 def _station_check(args: argparse.Namespace) -> int:

@@ -197,8 +197,14 @@ class Station:
     def __enter__(self) -> Station:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        try:
+            self.close()
+        except InstrumentError as close_error:
+            if error is None:
+                raise
+            # the problem already on its way out is what the user must see first; this one rides along
+            error.add_note(f"also, making the station safe failed: {close_error}")
 
 
 def _open_role(config: StationConfig, role: str, resources: dict[str, str] | None) -> Instrument:

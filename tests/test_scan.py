@@ -186,6 +186,29 @@ def test_resume_after_killed_process_gives_identical_result(virtual, reference, 
         assert len(resumed.spectra()) == len(reference.spectra())
 
 
+def test_ctrl_c_stops_the_scan_resumably(virtual, reference, tmp_path: Path) -> None:
+    path = tmp_path / "interrupted.h5"
+    command = [sys.executable, "-m", "app.cli", "scan", "--recipe", str(RECIPE), "--station", str(STATION),
+               "--out", str(path)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception), ScanFile(path) as running:
+            if running.lines_complete(0) >= 10:
+                break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert b"stopping after the current line" in stderr and b"Traceback" not in stderr
+    with ScanFile(path) as stopped:
+        assert stopped.status is ScanStatus.ABORTED
+        assert_same_lines(stopped, reference, complete=False)
+    outcome, _ = scan(virtual, path, resume=True)
+    assert outcome.status is ScanStatus.COMPLETE
+
+
 def test_abort_then_resume(virtual, reference, tmp_path: Path) -> None:
     path = tmp_path / "aborted.h5"
     engines = []

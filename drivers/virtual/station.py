@@ -138,7 +138,11 @@ class VirtualStation:
             "--time-scale",
             str(time_scale),
         ]
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # its own session: a Ctrl-C meant for the parent (which then makes the hardware safe through it) must not
+        # stop the station first; it ends when the parent's end of its stdin closes
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
         try:
             ready = _read_ready_line(process, timeout_s)
             station = cls(process, ready["resources"], int(ready["control"]))
