@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     from drivers.errors import InstrumentError
+    from inspection.alignment import AlignmentError
     from inspection.scanfile import ScanFileError
     from inspection.settings import SettingsError
 
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileExistsError, FileNotFoundError, ScanFileError) as error:
         print(f"plmapper: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except InstrumentError as error:
+    except (InstrumentError, AlignmentError) as error:
         print(f"plmapper: {error}", file=sys.stderr)
         return EXIT_INSTRUMENT
     except KeyboardInterrupt:

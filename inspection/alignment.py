@@ -36,6 +36,11 @@ LineAcquirer = Callable[[tuple[float, float], tuple[float, float], int], np.ndar
 """Acquires a line from start to stop (stage frame, µm) with the given sample count; returns the samples."""
 
 
+class AlignmentError(RuntimeError):
+    """The wafer could not be aligned (no chip grid seen, an inconsistent fit, or a load beyond the recipe's
+    limits); mapping it would give chips the wrong labels."""
+
+
 @dataclass(frozen=True)
 class AlignmentResult:
     """Where the wafer lies: ``placement`` maps wafer to stage coordinates."""
@@ -229,16 +234,48 @@ def align_wafer(recipe: Recipe, acquire: LineAcquirer, *, nominal: Placement | N
     placement = aligner.placement_for(psi, anchor(kx, ky))
     residual = _residual(aligner, placement)
     sites = np.array(aligner.sites, dtype=SITE_DTYPE)
+    _check(recipe, placement, residual, lines=(horizontal, vertical))
     return AlignmentResult(placement=placement, residual_um=residual, sites=sites)
+
+
+def _check(
+    recipe: Recipe, placement: Placement, residual_um: float, *, lines: tuple[_PresenceLine, _PresenceLine]
+) -> None:
+    """Refuse an alignment that cannot be trusted, with what to do about it."""
+    grid, limits = recipe.grid, recipe.alignment
+    if min(line.prominence for line in lines) < 10:
+        raise AlignmentError(
+            "no chip grid seen along the alignment lines: check that a wafer is loaded, the laser emits and the "
+            "spot is in focus"
+        )
+    for line, pitch in zip(lines, (grid.pitch_x_um, grid.pitch_y_um), strict=True):
+        if abs(line.measured_pitch_um / pitch - 1) > 0.005:
+            raise AlignmentError(
+                f"the chips on the wafer repeat every {line.measured_pitch_um:.1f} µm, not every {pitch:g} µm as "
+                "the recipe says: check the recipe's grid"
+            )
+    if not residual_um <= 0.1 * min(grid.pitch_x_um, grid.pitch_y_um):
+        raise AlignmentError(
+            f"the grid fit is inconsistent (residual {residual_um:.1f} µm for a {grid.pitch_x_um:g} µm pitch): "
+            "check the recipe's pitch against the wafer"
+        )
+    offset = float(np.hypot(placement.offset_x_um, placement.offset_y_um))
+    if offset > limits.max_offset_um or abs(placement.rotation_deg) > limits.max_rotation_deg:
+        raise AlignmentError(
+            f"the wafer lies {offset:.0f} µm off-centre and rotated {placement.rotation_deg:.2f}°, beyond the "
+            f"recipe's {limits.max_offset_um:g} µm and {limits.max_rotation_deg:g}°: reload it"
+        )
 
 
 @dataclass(frozen=True)
 class _PresenceLine:
-    """Chip positions along a full-diameter line and whether each emitted PL."""
+    """Chip positions along a full-diameter line, whether each emitted PL, and what the line says of the grid."""
 
     x_um: np.ndarray
     y_um: np.ndarray
     present: np.ndarray
+    prominence: float  # the comb's strength at its period over the median strength at nearby periods
+    measured_pitch_um: float  # the period with the strongest comb near the recipe's pitch
 
 
 def _presence_line(
@@ -257,9 +294,25 @@ def _presence_line(
     background = np.percentile(samples, 5)
     bright = np.percentile(peaks, 90)
     present = peaks - background > 0.3 * (bright - background)
+    measured_pitch_um, prominence = _strongest_period(along, samples, pitch_um)
     return _PresenceLine(
-        x_um=start[0] + direction[0] * centres, y_um=start[1] + direction[1] * centres, present=present
+        x_um=start[0] + direction[0] * centres,
+        y_um=start[1] + direction[1] * centres,
+        present=present,
+        prominence=prominence,
+        measured_pitch_um=measured_pitch_um,
     )
+
+
+def _strongest_period(along: np.ndarray, samples: np.ndarray, pitch_um: float) -> tuple[float, float]:
+    """The period between 0.8 and 1.25 pitch at which the line's comb is strongest (0.1 % steps), and how much
+    stronger it is there than the median over that range (a grid stands out; noise does not)."""
+    step = max(1, samples.size // 20_000)  # a long line resolves the period finely even decimated
+    positions, values = along[::step], samples[::step] - samples.mean()
+    periods = pitch_um * np.exp(np.arange(np.log(0.8), np.log(1.25), 0.001))
+    amplitudes = np.array([abs(np.sum(values * np.exp(-2j * np.pi * positions / period))) for period in periods])
+    best = int(np.argmax(amplitudes))
+    return float(periods[best]), float(amplitudes[best] / max(float(np.median(amplitudes)), 1e-300))
 
 
 def _predicted_presence(aligner: _Aligner, line: _PresenceLine, placement: Placement) -> np.ndarray:

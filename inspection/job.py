@@ -135,7 +135,7 @@ def run_scan(
                 extra={"host": os.uname().nodename},
             )
         with writer:
-            if not resume and result is not None:
+            if result is not None:
                 writer.write_alignment(
                     offset_x_um=placement.offset_x_um,
                     offset_y_um=placement.offset_y_um,

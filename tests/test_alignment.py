@@ -13,7 +13,7 @@ from drivers.station import load_station_config, open_station
 from drivers.virtual.profile import load_profile
 from drivers.virtual.station import VirtualStation
 from drivers.virtual.world import WaferWorld
-from inspection.alignment import align_wafer, grid_phase
+from inspection.alignment import AlignmentError, align_wafer, grid_phase
 from inspection.recipe import Recipe
 from inspection.scan import LineMotion, ScanOptions, acquire_line
 from inspection.settings import from_mapping
@@ -143,3 +143,20 @@ def test_grid_phase_known_answer() -> None:
     noisy = comb + np.random.default_rng(0).normal(0, 0.05, x.size)
     noisy[(x > 500) & (x < 800)] = 0.0  # a run of dead chips does not move the phase
     assert grid_phase(x, noisy, 100.0)[0] == pytest.approx(37.0, abs=0.5)
+
+
+def test_no_wafer_is_an_alignment_error() -> None:
+    rng = np.random.default_rng(5)
+
+    def dark(start, stop, count):  # the laser is off, or no wafer: background and noise only
+        return 0.002 + 0.0002 * rng.standard_normal(count)
+
+    with pytest.raises(AlignmentError, match="no chip grid seen"):
+        align_wafer(make_recipe(COARSE), dark)
+
+
+def test_wrong_pitch_in_the_recipe_is_an_alignment_error(tmp_path: Path) -> None:
+    profile = write_profile(tmp_path / "wafer.toml", 31, COARSE)
+    wrong = make_recipe({**COARSE, "pitch_um": 110.0, "chip_um": 66.0})
+    with pytest.raises(AlignmentError):
+        align_on_virtual_station(profile, wrong)
