@@ -25,7 +25,6 @@ import h5py
 import numpy as np
 
 from drivers.station import load_station_config, open_station
-from drivers.virtual.bench import Placement
 from drivers.virtual.profile import load_profile
 from drivers.virtual.station import VirtualStation
 from drivers.virtual.world import WaferWorld
@@ -33,6 +32,7 @@ from inspection.plan import LINE_DTYPE, ScanPlan, plan_scan
 from inspection.recipe import ScanMode, SpectraSettings, load_recipe
 from inspection.scan import ScanEngine, stage_acceleration_um_s2
 from inspection.scanfile import ScanFileWriter
+from inspection.wafer import Placement
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = REPO / "resources" / "profiles" / "demo-2in.toml"

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.virtual.bench import Placement
 from inspection.recipe import Recipe
+from inspection.wafer import Placement
 
 SITE_DTYPE = np.dtype([("kind", "U12"), ("x_um", "f8"), ("y_um", "f8"), ("phase_um", "f8"), ("amplitude", "f8")])
 """One alignment measurement: a line through (x_um, y_um) in the stage frame and the grid phase it found."""

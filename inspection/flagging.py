@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivers.virtual.bench import Placement
 from inspection.recipe import Recipe
 from inspection.scanfile import ScanFile
+from inspection.wafer import Placement
 
 DARK_FRACTION = 0.5
 """Flag a chip whose high-power peak is below this fraction of the wafer median."""

@@ -19,7 +19,6 @@ import numpy as np
 
 from drivers.interfaces import Axis
 from drivers.station import Station, StationConfig, connect
-from drivers.virtual.bench import Placement
 from inspection.alignment import AlignmentResult, align_wafer
 from inspection.plan import ScanPlan, plan_scan
 from inspection.recipe import Recipe, load_recipe, recipe_from_text, recipe_to_toml
@@ -32,6 +31,7 @@ from inspection.scan import (
     stage_acceleration_um_s2,
 )
 from inspection.scanfile import ScanFile, ScanFileError, ScanFileWriter, ScanStatus
+from inspection.wafer import Placement
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ moves around the site circle. Z moves (seconds) are not counted.
 
 Examples
 --------
->>> from drivers.virtual.bench import Placement
+>>> from inspection.wafer import Placement
 >>> from inspection.recipe import load_recipe
 >>> recipe = load_recipe("resources/recipes/demo-2in.toml")
 >>> plan = plan_scan(recipe, Placement(offset_x_um=200.0), accel_um_s2=3e6)
@@ -55,16 +55,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from inspection.recipe import Recipe, ScanMode, SpectrumPattern
-from inspection.wafer import TOLERANCE_UM, Substrate
-
-if TYPE_CHECKING:
-    from drivers.virtual.bench import Placement
+from inspection.wafer import TOLERANCE_UM, Placement, Substrate
 
 __all__ = [
     "LINE_DTYPE",
@@ -173,7 +169,7 @@ class ScanPlan:
 
         Examples
         --------
-        >>> from drivers.virtual.bench import Placement
+        >>> from inspection.wafer import Placement
         >>> from inspection.recipe import load_recipe
         >>> plan = plan_scan(load_recipe("resources/recipes/demo-2in.toml"), Placement(), accel_um_s2=3e6)
         >>> print(plan.summary())  # doctest: +NORMALIZE_WHITESPACE
@@ -247,7 +243,7 @@ def plan_scan(
     Examples
     --------
     >>> import dataclasses
-    >>> from drivers.virtual.bench import Placement
+    >>> from inspection.wafer import Placement
     >>> from inspection.recipe import load_recipe
     >>> recipe = load_recipe("resources/recipes/demo-2in.toml")
     >>> locked = dataclasses.replace(recipe, sampling=dataclasses.replace(recipe.sampling, mode=ScanMode.GRID_LOCKED))

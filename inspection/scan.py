@@ -43,11 +43,11 @@ from drivers.errors import (
 )
 from drivers.interfaces import Axis, IntensityDetector, Stage, TriggerDirection
 from drivers.station import Station
-from drivers.virtual.bench import Placement
 from inspection.flagging import flag_chips
 from inspection.plan import ScanPlan, spectrum_sites
 from inspection.recipe import Recipe
 from inspection.scanfile import ScanFile, ScanFileWriter, ScanStatus
+from inspection.wafer import Placement
 
 RETRYABLE_ERRORS = (InstrumentTimeoutError, InstrumentConnectionError, InstrumentReplyError)
 """Instrument trouble a reconnect can cure."""

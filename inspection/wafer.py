@@ -68,6 +68,7 @@ __all__ = [
     "SUBSTRATE_DIAMETERS_MM",
     "TOLERANCE_UM",
     "ChipGrid",
+    "Placement",
     "Substrate",
     "WaferLayout",
 ]
@@ -996,3 +997,34 @@ class WaferLayout:
         (array([-1,  6, -1]), array([ -1, 190,  -1]))
         """
         return _segments_extent(self._usable_segments, _as_index(row, "row"))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How a wafer lies on the chuck: ``stage = R(rotation)·wafer + offset`` (µm, degrees).
+
+    Stage coordinates are where the laser spot is in the chuck frame; alignment measures the placement of a
+    loaded wafer, and everything that maps stage positions to chips goes through it.
+
+    Examples
+    --------
+    >>> placement = Placement(offset_x_um=100.0, offset_y_um=-50.0, rotation_deg=0.0)
+    >>> placement.wafer_to_stage(0.0, 0.0)
+    (np.float64(100.0), np.float64(-50.0))
+    """
+
+    offset_x_um: float = 0.0
+    offset_y_um: float = 0.0
+    rotation_deg: float = 0.0
+
+    def stage_to_wafer(self, x_um: ArrayLike, y_um: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """Wafer coordinates of stage positions."""
+        c, s = math.cos(math.radians(self.rotation_deg)), math.sin(math.radians(self.rotation_deg))
+        dx, dy = np.asarray(x_um) - self.offset_x_um, np.asarray(y_um) - self.offset_y_um
+        return c * dx + s * dy, -s * dx + c * dy
+
+    def wafer_to_stage(self, x_um: ArrayLike, y_um: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """Stage positions of wafer coordinates."""
+        c, s = math.cos(math.radians(self.rotation_deg)), math.sin(math.radians(self.rotation_deg))
+        x, y = np.asarray(x_um), np.asarray(y_um)
+        return c * x - s * y + self.offset_x_um, s * x + c * y + self.offset_y_um

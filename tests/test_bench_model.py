@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from drivers.interfaces import Axis, TriggerDirection
-from drivers.virtual.bench import AxisModel, FaultKind, FaultPlan, FaultRule, LaserModel, Placement, SimClock
+from drivers.virtual.bench import AxisModel, FaultKind, FaultPlan, FaultRule, LaserModel, SimClock
+from inspection.wafer import Placement
 
 
 def axis(**overrides: float) -> AxisModel:

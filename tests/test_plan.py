@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.virtual.bench import Placement
 from inspection.plan import (
     LINE_DTYPE,
     LINE_RECORD_BYTES,
@@ -28,7 +27,7 @@ from inspection.plan import (
     trapezoid_move_s,
 )
 from inspection.recipe import Recipe, ScanMode, SpectrumPattern, load_recipe
-from inspection.wafer import Substrate
+from inspection.wafer import Placement, Substrate
 
 RECIPES = Path(__file__).resolve().parent.parent / "resources" / "recipes"
 ACCEL_UM_S2 = 3e6  # the virtual station's stage: 3000 mm/s²

@@ -20,7 +20,6 @@ import pytest
 
 from drivers.errors import InstrumentError
 from drivers.station import Station, load_station_config, open_station
-from drivers.virtual.bench import Placement
 from drivers.virtual.profile import load_profile
 from drivers.virtual.station import VirtualStation
 from drivers.virtual.world import WaferWorld
@@ -30,6 +29,7 @@ from inspection.recipe import load_recipe
 from inspection.scan import ScanEngine, ScanPhase, ScanProgress, stage_acceleration_um_s2
 from inspection.scanfile import ScanFile, ScanFileWriter, ScanStatus
 from inspection.station_check import run_station_check
+from inspection.wafer import Placement
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"

@@ -14,8 +14,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from drivers.interfaces import Axis
-from drivers.virtual.bench import AxisModel, FaultPlan, LaserModel, Placement, SimClock, VirtualBench
+from drivers.virtual.bench import AxisModel, FaultPlan, LaserModel, SimClock, VirtualBench
 from drivers.virtual.server import LOOPBACK, InstrumentTwin, TwinServer
+from inspection.wafer import Placement
 
 
 class UniformWorld:

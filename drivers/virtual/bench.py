@@ -29,6 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from drivers.interfaces import Axis, TriggerDirection
+from inspection.wafer import Placement
 
 # -- clock ---------------------------------------------------------------------------------------------------
 
@@ -375,25 +376,6 @@ class WorldModel(Protocol):
 
     def el_light_v(self, chip: tuple[int, int], current_a: float) -> float:
         """Photodetector voltage from the chip's EL at ``current_a``."""
-
-
-@dataclass(frozen=True)
-class Placement:
-    """How the wafer lies on the chuck: ``chuck = R(rotation)·wafer + offset`` (µm, degrees)."""
-
-    offset_x_um: float = 0.0
-    offset_y_um: float = 0.0
-    rotation_deg: float = 0.0
-
-    def stage_to_wafer(self, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c, s = math.cos(math.radians(self.rotation_deg)), math.sin(math.radians(self.rotation_deg))
-        dx, dy = np.asarray(x_um) - self.offset_x_um, np.asarray(y_um) - self.offset_y_um
-        return c * dx + s * dy, -s * dx + c * dy
-
-    def wafer_to_stage(self, x_um: np.ndarray, y_um: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c, s = math.cos(math.radians(self.rotation_deg)), math.sin(math.radians(self.rotation_deg))
-        x, y = np.asarray(x_um), np.asarray(y_um)
-        return c * x - s * y + self.offset_x_um, s * x + c * y + self.offset_y_um
 
 
 @dataclass

@@ -30,9 +30,8 @@ import numpy as np
 from cext.pl_render import carrier_density, render_line
 from scipy.special import erf
 
-from drivers.virtual.bench import Placement
 from drivers.virtual.profile import ElTestSpec, WaferProfile
-from inspection.wafer import WaferLayout
+from inspection.wafer import Placement, WaferLayout
 
 PLANCK_NM_V = 1239.84198  # photon energy in eV = this / wavelength in nm: watts of light per amp of photons
 THERMAL_VOLTAGE_V = 0.025852  # kT/q at 300 K
