@@ -29,8 +29,10 @@ def write_profile(path: Path, seed: int, grid: dict, *, diameter_mm: float = 50.
     path.write_text(
         f"""
 seed = {seed}
-[wafer]
+[substrate]
 diameter_mm = {diameter_mm}
+edge_exclusion_mm = 2.0
+[grid]
 pitch_x_um = {grid["pitch_um"]}
 pitch_y_um = {grid["pitch_um"]}
 chip_width_um = {grid["chip_um"]}

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from drivers.virtual.profile import load_profile
 from inspection.recipe import (
     Recipe,
     SamplingSettings,
@@ -88,11 +89,9 @@ def test_every_example_loads(path: Path) -> None:
 
 def test_demo_recipe_matches_the_demo_profile() -> None:
     recipe = load_recipe(DEMO)
-    with (RECIPES.parent / "profiles" / "demo-2in.toml").open("rb") as stream:
-        wafer = tomllib.load(stream)["wafer"]
-    assert recipe.substrate.diameter_mm == wafer["diameter_mm"]
-    assert recipe.substrate.edge_exclusion_mm == wafer["edge_exclusion_mm"]
-    assert (recipe.grid.pitch_x_um, recipe.grid.chip_width_um) == (wafer["pitch_x_um"], wafer["chip_width_um"])
+    profile = load_profile(RECIPES.parent / "profiles" / "demo-2in.toml")
+    assert recipe.substrate == profile.substrate  # the same settings types: the recipe expects that very wafer
+    assert recipe.grid == profile.grid
     assert recipe.excitation.powers_w == (0.0005, 0.02)
     assert recipe.sampling.mode is ScanMode.RASTER
 

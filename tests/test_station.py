@@ -239,7 +239,9 @@ def test_cli_check_bad_station_file_exits_2(tmp_path: Path, capsys) -> None:
 
 def test_cli_truth_export(tmp_path: Path, capsys) -> None:
     profile = tmp_path / "coarse.toml"
-    profile.write_text("seed = 4\n[wafer]\npitch_x_um = 2000.0\npitch_y_um = 2000.0\n")
+    profile.write_text(
+        "seed = 4\n[grid]\npitch_x_um = 2000.0\npitch_y_um = 2000.0\nchip_width_um = 1200.0\nchip_height_um = 1200.0\n"
+    )
     out = tmp_path / "truth.h5"
     assert main(["station", "truth", "--profile", str(profile), "--out", str(out)]) == 0
     assert out.is_file() and "wrote ground truth" in capsys.readouterr().out

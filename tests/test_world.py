@@ -21,7 +21,8 @@ def make_profile(**sections: dict) -> WaferProfile:
     """A 2" wafer at 200 µm pitch with defect rates high enough to find every kind among ~40 k chips."""
     data = {
         "seed": 5,
-        "wafer": {"pitch_x_um": 200.0, "pitch_y_um": 200.0, "chip_width_um": 60.0, "chip_height_um": 60.0},
+        "substrate": {"diameter_mm": 50.8, "edge_exclusion_mm": 2.0},
+        "grid": {"pitch_x_um": 200.0, "pitch_y_um": 200.0, "chip_width_um": 60.0, "chip_height_um": 60.0},
         "defects": {
             "dead_fraction": 0.02,
             "dim_fraction": 0.02,
@@ -65,7 +66,15 @@ def test_same_seed_same_wafer_other_seed_other_wafer(world: WaferWorld) -> None:
     np.testing.assert_array_equal(first.flags, again.flags)
     np.testing.assert_array_equal(first.wavelength_nm, again.wavelength_nm)
     assert world.placement == WaferWorld(make_profile()).placement
-    different = WaferWorld(from_mapping(WaferProfile, {"seed": 6, "wafer": {"pitch_x_um": 200.0, "pitch_y_um": 200.0}}))
+    different = WaferWorld(
+        from_mapping(
+            WaferProfile,
+            {
+                "seed": 6,
+                "grid": {"pitch_x_um": 200.0, "pitch_y_um": 200.0, "chip_width_um": 60.0, "chip_height_um": 60.0},
+            },
+        )
+    )
     assert not np.array_equal(different.chip_truth(cols, rows).a_coeff, first.a_coeff)
 
 
@@ -107,8 +116,8 @@ def test_el_only_failures_have_no_pl_signature(world, table) -> None:
 
 
 def test_smaller_chips_lose_more_to_sidewalls() -> None:
-    big = WaferWorld(make_profile(wafer={"chip_width_um": 60.0, "chip_height_um": 60.0}))
-    small = WaferWorld(make_profile(wafer={"chip_width_um": 10.0, "chip_height_um": 10.0}))
+    big = WaferWorld(make_profile(grid={"chip_width_um": 60.0, "chip_height_um": 60.0}))
+    small = WaferWorld(make_profile(grid={"chip_width_um": 10.0, "chip_height_um": 10.0}))
     col, row = big.layout.anchor_index
     assert small.chip_truth([col], [row]).a_coeff[0] > 3 * big.chip_truth([col], [row]).a_coeff[0]
 
@@ -176,7 +185,7 @@ def test_el_reference_results(world, table) -> None:
 
 
 def test_export_truth_writes_every_chip(tmp_path, world) -> None:
-    small = WaferWorld(make_profile(wafer={"pitch_x_um": 1000.0, "pitch_y_um": 1000.0}))
+    small = WaferWorld(make_profile(grid={"pitch_x_um": 1000.0, "pitch_y_um": 1000.0}))
     count = export_truth(small, tmp_path / "truth.h5")
     assert count == small.layout.physical_chip_count
     with h5py.File(tmp_path / "truth.h5", "r") as stored:
@@ -191,11 +200,16 @@ def test_bad_profile_lists_every_problem() -> None:
     with pytest.raises(SettingsError) as caught:
         from_mapping(
             WaferProfile,
-            {"wafer": {"diameter_mm": 90.0, "pitch_x_um": -5}, "defects": {"leak_strength": [5.0, 1.0]}, "seedd": 1},
+            {
+                "substrate": {"diameter_mm": 90.0},
+                "grid": {"pitch_x_um": -5, "pitch_y_um": 100.0, "chip_width_um": 60.0, "chip_height_um": 60.0},
+                "defects": {"leak_strength": [5.0, 1.0]},
+                "seedd": 1,
+            },
         )
     text = str(caught.value)
-    assert "wafer.diameter_mm: 90.0 is not one of" in text
-    assert "wafer.pitch_x_um: -5 is outside the allowed range" in text
+    assert "substrate.diameter_mm: 90.0 is not one of" in text
+    assert "grid.pitch_x_um: -5 is outside the allowed range" in text
     assert "seedd: unknown setting" in text
     with pytest.raises(SettingsError, match=r"defects.leak_strength: \[5.0, 1.0\] must be \[low, high\]"):
         from_mapping(WaferProfile, {"defects": {"leak_strength": [5.0, 1.0]}})
@@ -205,13 +219,8 @@ def test_eight_inch_world_is_created_fast_and_small() -> None:
     profile = from_mapping(
         WaferProfile,
         {
-            "wafer": {
-                "diameter_mm": 200.0,
-                "pitch_x_um": 20.0,
-                "pitch_y_um": 20.0,
-                "chip_width_um": 15.0,
-                "chip_height_um": 15.0,
-            }
+            "substrate": {"diameter_mm": 200.0, "edge_exclusion_mm": 3.0},
+            "grid": {"pitch_x_um": 20.0, "pitch_y_um": 20.0, "chip_width_um": 15.0, "chip_height_um": 15.0},
         },
     )
     tracemalloc.start()

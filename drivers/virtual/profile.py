@@ -1,6 +1,7 @@
 """The wafer profile: every parameter of a virtual wafer and station, read from a seeded TOML file.
 
-The same profile (and seed) always gives the same wafer: chip properties are pure functions of the seed and the
+The substrate and grid are declared exactly as in a recipe (``[substrate]``, ``[grid]``). The same profile
+(and seed) always gives the same wafer: chip properties are pure functions of the seed and the
 chip index, and the wafer-scale defects (particles, scratches, clusters, edge damage) are drawn from a generator
 seeded with it. ``resources/profiles/*.toml`` hold examples; every field is documented here.
 
@@ -13,42 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inspection.recipe import GridSettings, SubstrateSettings
 from inspection.settings import from_mapping, load_toml, setting
-from inspection.wafer import SUBSTRATE_DIAMETERS_MM, ChipGrid, Substrate, WaferLayout
+from inspection.wafer import WaferLayout
 
 
 def _ordered(name: str, pair: tuple[float, float]) -> None:
     if len(pair) != 2 or pair[0] > pair[1]:
         raise ValueError(f"{name}: {list(pair)!r} must be [low, high] with low <= high")
-
-
-@dataclass(frozen=True)
-class WaferSpec:
-    """The substrate and its chip grid (wafer frame, µm unless stated)."""
-
-    diameter_mm: float = setting(50.8, choices=SUBSTRATE_DIAMETERS_MM, unit="mm", doc="substrate diameter")
-    edge_exclusion_mm: float = setting(2.0, minimum=0.0, maximum=20.0, unit="mm")
-    pitch_x_um: float = setting(100.0, minimum=1.0, maximum=5000.0, unit="µm")
-    pitch_y_um: float = setting(100.0, minimum=1.0, maximum=5000.0, unit="µm")
-    chip_width_um: float = setting(60.0, minimum=1.0, maximum=5000.0, unit="µm")
-    chip_height_um: float = setting(60.0, minimum=1.0, maximum=5000.0, unit="µm")
-    origin_x_um: float = setting(0.0, minimum=-5000.0, maximum=5000.0, unit="µm", doc="centre of the anchor chip")
-    origin_y_um: float = setting(0.0, minimum=-5000.0, maximum=5000.0, unit="µm")
-    grid_rotation_deg: float = setting(0.0, minimum=-5.0, maximum=5.0, unit="°")
-
-    def layout(self) -> WaferLayout:
-        return WaferLayout(
-            Substrate(self.diameter_mm, edge_exclusion_mm=self.edge_exclusion_mm),
-            ChipGrid(
-                self.pitch_x_um,
-                self.pitch_y_um,
-                self.chip_width_um,
-                self.chip_height_um,
-                origin_x_um=self.origin_x_um,
-                origin_y_um=self.origin_y_um,
-                rotation_deg=self.grid_rotation_deg,
-            ),
-        )
 
 
 @dataclass(frozen=True)
@@ -193,7 +166,14 @@ class WaferProfile:
 
     name: str = setting("virtual wafer")
     seed: int = setting(1, minimum=0, maximum=2**63 - 1)
-    wafer: WaferSpec = field(default_factory=WaferSpec)
+    substrate: SubstrateSettings = field(
+        default_factory=lambda: SubstrateSettings(diameter_mm=50.8, edge_exclusion_mm=2.0)
+    )
+    grid: GridSettings = field(
+        default_factory=lambda: GridSettings(
+            pitch_x_um=100.0, pitch_y_um=100.0, chip_width_um=60.0, chip_height_um=60.0
+        )
+    )
     loading: LoadingSpec = field(default_factory=LoadingSpec)
     emitter: EmitterSpec = field(default_factory=EmitterSpec)
     defects: DefectSpec = field(default_factory=DefectSpec)
@@ -202,13 +182,17 @@ class WaferProfile:
     el_test: ElTestSpec = field(default_factory=ElTestSpec)
 
     def __post_init__(self) -> None:
-        radius_um = self.wafer.diameter_mm * 500.0
+        radius_um = self.substrate.diameter_mm * 500.0
         if self.stage.travel_xy_mm * 500.0 < radius_um + self.loading.max_offset_um:
             needed_mm = 2 * (radius_um + self.loading.max_offset_um) / 1000
             raise ValueError(
                 f"stage.travel_xy_mm: {self.stage.travel_xy_mm:g} mm cannot reach the edge of a "
-                f"{self.wafer.diameter_mm:g} mm wafer (needs >= {needed_mm:g})"
+                f"{self.substrate.diameter_mm:g} mm wafer (needs >= {needed_mm:g})"
             )
+
+    def layout(self) -> WaferLayout:
+        """The wafer's substrate and chip grid."""
+        return WaferLayout(self.substrate.substrate(), self.grid.grid())
 
 
 def load_profile(path: str | Path) -> WaferProfile:

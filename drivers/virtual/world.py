@@ -142,7 +142,7 @@ class WaferWorld:
     def __init__(self, profile: WaferProfile) -> None:
         self.profile = profile
         self.seed = profile.seed
-        self.layout: WaferLayout = profile.wafer.layout()
+        self.layout: WaferLayout = profile.layout()
         grid = self.layout.grid
         self._radius_um = self.layout.substrate.radius_um
         rng = np.random.default_rng([profile.seed, 11])
