@@ -60,7 +60,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from inspection.recipe import Recipe, ScanMode, SpectrumPattern
-from inspection.wafer import TOLERANCE_UM, Placement, Substrate
+from inspection.wafer import Placement
 
 __all__ = [
     "LINE_DTYPE",
@@ -322,69 +322,10 @@ def _raster_lines(recipe: Recipe, placement: Placement) -> tuple[FloatArray, Flo
     ax, ay = placement.stage_to_wafer(np.zeros_like(y), y)
     bx, by = placement.stage_to_wafer(np.ones_like(y), y)
     dx, dy = float(bx[0] - ax[0]), float(by[0] - ay[0])
-    lo, hi = _chord_extent(substrate, inset_um, np.asarray(ax, dtype=float), np.asarray(ay, dtype=float), (dx, dy))
+    lo, hi = substrate.line_extent(ax, ay, (dx, dy), inset_um=inset_um)
     keep = lo <= hi
     y = y[keep]
     return lo[keep], y, hi[keep], y.copy()
-
-
-def _chord_extent(
-    substrate: Substrate, inset_um: float, ax: FloatArray, ay: FloatArray, d: tuple[float, float]
-) -> tuple[FloatArray, FloatArray]:
-    """First and last parameter t at which the lines ``a + t·d`` lie in the substrate inset by ``inset_um``.
-
-    The region is :class:`~inspection.wafer.Substrate`'s own (``_region``: disc, flats and notch moved inward by
-    the inset), so the plan and ``Substrate.usable`` agree on every boundary. Returns ``lo > hi`` (NaN-free) where
-    a line misses the region.
-    """
-    region = substrate._region(inset_um)
-    dx, dy = d
-    # Disc: |a + t·d|² ≤ ρ²  ⇔  A·t² + 2b·t + c ≤ 0.
-    big_a = dx * dx + dy * dy
-    b = ax * dx + ay * dy
-    c = ax * ax + ay * ay - (region.radius_um + TOLERANCE_UM) ** 2
-    discriminant = b * b - big_a * c
-    root = np.sqrt(np.maximum(discriminant, 0.0))
-    lo, hi = (-b - root) / big_a, (-b + root) / big_a
-    empty = discriminant < 0.0
-    # Flats: (a + t·d)·u ≤ distance, linear in t.
-    for flat in region.flats:
-        ux, uy = flat.direction
-        slope = dx * ux + dy * uy
-        rhs = flat.distance_um + TOLERANCE_UM - (ax * ux + ay * uy)
-        if slope > 0.0:
-            hi = np.minimum(hi, rhs / slope)
-        elif slope < 0.0:
-            lo = np.maximum(lo, rhs / slope)
-        else:
-            empty |= rhs < 0.0
-    if region.notch is not None:
-        # The open wedge is where the line is past both walls: an open interval of t (maybe empty or unbounded).
-        notch = region.notch
-        ux, uy = notch.direction
-        apex_x, apex_y = notch.apex_um * ux, notch.apex_um * uy
-        wedge_lo = np.full(ax.shape, -np.inf)
-        wedge_hi = np.full(ax.shape, np.inf)
-        wedge_empty = np.zeros(ax.shape, dtype=bool)
-        for nx, ny in notch.inward_normals:
-            slope = dx * nx + dy * ny
-            depth = (ax - apex_x) * nx + (ay - apex_y) * ny - TOLERANCE_UM  # inside the wall where depth + t·slope > 0
-            if slope > 0.0:
-                wedge_lo = np.maximum(wedge_lo, -depth / slope)
-            elif slope < 0.0:
-                wedge_hi = np.minimum(wedge_hi, -depth / slope)
-            else:
-                wedge_empty |= depth <= 0.0
-        wedge_empty |= wedge_lo >= wedge_hi
-        # Only the outer extent matters (a line crosses the notch rather than being split): the wedge trims an end
-        # it covers, or removes the whole chord if it covers all of it.
-        covers_lo = ~wedge_empty & (wedge_lo < lo) & (wedge_hi > lo)
-        covers_hi = ~wedge_empty & (wedge_lo < hi) & (wedge_hi > hi)
-        empty |= covers_lo & covers_hi
-        lo = np.where(covers_lo, wedge_hi, lo)
-        hi = np.where(covers_hi, wedge_lo, hi)
-    empty |= ~(lo <= hi)
-    return np.where(empty, np.inf, lo), np.where(empty, -np.inf, hi)
 
 
 def _grid_locked_lines(recipe: Recipe, placement: Placement) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:

@@ -185,6 +185,31 @@ class _Region:
             inside &= self.notch.penetration_um(x, y) <= TOLERANCE_UM
         return inside
 
+    def convex_interval(
+        self, ax: FloatArray, ay: FloatArray, dx: float, dy: float
+    ) -> tuple[FloatArray, FloatArray, BoolArray]:
+        """The parameters ``t`` in ``[lo, hi]`` at which the points ``a + t·d`` lie in the disc and behind every
+        flat (the region's convex part; the notch is the caller's business), and where no ``t`` does."""
+        # disc: |a + t·d|² ≤ ρ²  ⇔  A·t² + 2b·t + c ≤ 0
+        big_a = dx * dx + dy * dy
+        b = ax * dx + ay * dy
+        c = ax * ax + ay * ay - (self.radius_um + TOLERANCE_UM) ** 2
+        discriminant = b * b - big_a * c
+        root = np.sqrt(np.maximum(discriminant, 0.0))
+        lo, hi = (-b - root) / big_a, (-b + root) / big_a
+        empty = discriminant < 0.0
+        for flat in self.flats:
+            ux, uy = flat.direction
+            slope = dx * ux + dy * uy  # (a + t·d)·u ≤ distance  ⇔  t·slope ≤ distance − a·u
+            rhs = flat.distance_um + TOLERANCE_UM - (ax * ux + ay * uy)
+            if slope > 0.0:
+                hi = np.minimum(hi, rhs / slope)
+            elif slope < 0.0:
+                lo = np.maximum(lo, rhs / slope)
+            else:
+                empty |= rhs < 0.0
+        return lo, hi, empty
+
     def row_segments(self, grid: ChipGrid, rows: IntArray) -> IntArray:
         """Column intervals of the chips fully inside the region, per grid row.
 
@@ -208,30 +233,13 @@ class _Region:
         lo = np.full(rows.shape, -np.inf)
         hi = np.full(rows.shape, np.inf)
         empty = np.zeros(rows.shape, dtype=bool)
-        radius_sq = (self.radius_um + TOLERANCE_UM) ** 2
-        a = vx * vx + vy * vy
         for sign_w in (-1.0, 1.0):
             for sign_h in (-1.0, 1.0):
                 corner_x = base_x + sign_w * half_w * exx + sign_h * half_h * eyx
                 corner_y = base_y + sign_w * half_w * exy + sign_h * half_h * eyy
-                # |P + i·v|² ≤ ρ²  ⇔  a·i² + 2b·i + c ≤ 0
-                b = corner_x * vx + corner_y * vy
-                c = corner_x * corner_x + corner_y * corner_y - radius_sq
-                discriminant = b * b - a * c
-                empty |= discriminant < 0.0
-                root = np.sqrt(np.maximum(discriminant, 0.0))
-                lo = np.maximum(lo, (-b - root) / a)
-                hi = np.minimum(hi, (-b + root) / a)
-                for flat in self.flats:
-                    ux, uy = flat.direction
-                    slope = vx * ux + vy * uy  # (P + i·v)·u ≤ d  ⇔  i·slope ≤ d − P·u
-                    rhs = flat.distance_um + TOLERANCE_UM - (corner_x * ux + corner_y * uy)
-                    if slope > 0.0:
-                        hi = np.minimum(hi, rhs / slope)
-                    elif slope < 0.0:
-                        lo = np.maximum(lo, rhs / slope)
-                    else:
-                        empty |= rhs < 0.0
+                corner_lo, corner_hi, corner_empty = self.convex_interval(corner_x, corner_y, vx, vy)
+                lo, hi = np.maximum(lo, corner_lo), np.minimum(hi, corner_hi)
+                empty |= corner_empty
         empty |= ~(lo <= hi)
         first = np.ceil(np.where(empty, 0.0, lo)).astype(np.int64)
         last = np.floor(np.where(empty, -1.0, hi)).astype(np.int64)
@@ -573,6 +581,58 @@ class Substrate:
     def usable(self, x_um: ArrayLike, y_um: ArrayLike) -> BoolArray:
         """True where (x, y) is at least ``edge_exclusion_mm`` inside every edge (circle, flats, notch walls)."""
         return self._usable_region.contains(x_um, y_um)
+
+    def line_extent(
+        self, x_um: ArrayLike, y_um: ArrayLike, direction: tuple[float, float], *, inset_um: float | None = None
+    ) -> tuple[FloatArray, FloatArray]:
+        """First and last parameter ``t`` at which the lines ``a + t·direction`` (``a = (x_um, y_um)``) lie in the
+        substrate inset by ``inset_um`` (default: the edge exclusion, i.e. the usable area).
+
+        A line that crosses the notch is not split: the notch trims an end it covers, or removes the line if it
+        covers all of it. Returns ``lo > hi`` (never NaN) where a line misses the region; the boundaries are
+        exactly those of :meth:`usable` and :meth:`on_substrate`.
+
+        Examples
+        --------
+        A horizontal line through the centre of a 2" wafer enters at the secondary flat (left) and leaves at the
+        edge (right), 25.4 mm from the centre:
+
+        >>> lo, hi = Substrate.from_inches(2, edge_exclusion_mm=0.0).line_extent([-30_000.0], [0.0], (1.0, 0.0))
+        >>> round(float(lo[0]), 3), round(float(hi[0]), 3)
+        (4916.938, 55400.0)
+        """
+        region = self._region(self.edge_exclusion_um if inset_um is None else inset_um)
+        ax, ay = _as_coordinate(x_um), _as_coordinate(y_um)
+        dx, dy = direction
+        lo, hi, empty = region.convex_interval(ax, ay, dx, dy)
+        if region.notch is not None:
+            # The open wedge is where the line is past both walls: an open interval of t (maybe empty or unbounded).
+            notch = region.notch
+            ux, uy = notch.direction
+            apex_x, apex_y = notch.apex_um * ux, notch.apex_um * uy
+            wedge_lo = np.full(ax.shape, -np.inf)
+            wedge_hi = np.full(ax.shape, np.inf)
+            wedge_empty = np.zeros(ax.shape, dtype=bool)
+            for nx, ny in notch.inward_normals:
+                slope = dx * nx + dy * ny
+                # inside the wall where depth + t·slope > 0
+                depth = (ax - apex_x) * nx + (ay - apex_y) * ny - TOLERANCE_UM
+                if slope > 0.0:
+                    wedge_lo = np.maximum(wedge_lo, -depth / slope)
+                elif slope < 0.0:
+                    wedge_hi = np.minimum(wedge_hi, -depth / slope)
+                else:
+                    wedge_empty |= depth <= 0.0
+            wedge_empty |= wedge_lo >= wedge_hi
+            # only the outer extent matters (a line crosses the notch rather than being split): the wedge trims an
+            # end it covers, or removes the whole chord if it covers all of it
+            covers_lo = ~wedge_empty & (wedge_lo < lo) & (wedge_hi > lo)
+            covers_hi = ~wedge_empty & (wedge_lo < hi) & (wedge_hi > hi)
+            empty |= covers_lo & covers_hi
+            lo = np.where(covers_lo, wedge_hi, lo)
+            hi = np.where(covers_hi, wedge_lo, hi)
+        empty |= ~(lo <= hi)
+        return np.where(empty, np.inf, lo), np.where(empty, -np.inf, hi)
 
     def outline_um(self, points_per_arc: int = 720) -> tuple[FloatArray, FloatArray]:
         """Physical edge as a closed counter-clockwise polygon (x, y) for display; flats and notch exact.

@@ -19,7 +19,6 @@ from inspection.plan import (
     SPECTRUM_PER_POINT_S,
     SPECTRUM_POINT_BYTES,
     ScanPlan,
-    _chord_extent,
     duration_parts_s,
     plan_scan,
     planned_spectra_count,
@@ -118,7 +117,7 @@ def test_raster_extents_match_brute_force_sampling_of_usable(name: str, placemen
 
 
 @pytest.mark.parametrize("notch_angle_deg", [0.0, 90.0, 200.0, 270.0])
-def test_chord_extent_with_the_notch_at_any_angle_matches_brute_force(notch_angle_deg: float) -> None:
+def test_line_extent_with_the_notch_at_any_angle_matches_brute_force(notch_angle_deg: float) -> None:
     # A notch on the side makes lines end in it; at the bottom it only makes a hole in the middle of the line.
     substrate = Substrate(200.0, edge_exclusion_mm=0.5, notch_angle_deg=notch_angle_deg)
     uy = math.sin(math.radians(notch_angle_deg))
@@ -129,7 +128,7 @@ def test_chord_extent_with_the_notch_at_any_angle_matches_brute_force(notch_angl
     # Points on the notch axis at `depth`, shifted across it: the lines are y = const in the wafer frame.
     base_y = depth * uy + y
     ax, ay = np.zeros_like(base_y), base_y
-    lo, hi = _chord_extent(substrate, substrate.edge_exclusion_um, ax, ay, (1.0, 0.0))
+    lo, hi = substrate.line_extent(ax, ay, (1.0, 0.0), inset_um=substrate.edge_exclusion_um)
     x = np.arange(-101_000.0, 101_000.0, 0.5)
     for index in range(len(y)):
         inside = np.flatnonzero(substrate.usable(x, np.full_like(x, base_y[index])))
@@ -141,16 +140,16 @@ def test_chord_extent_with_the_notch_at_any_angle_matches_brute_force(notch_angl
     assert (lo <= hi).sum() > 50
 
 
-def test_chord_extent_known_answers_with_the_notch() -> None:
+def test_line_extent_known_answers_with_the_notch() -> None:
     substrate = Substrate(200.0)  # notch at the bottom, apex 1 mm inside the edge
     # Up the notch axis: the line starts at the apex and ends at the top of the wafer.
-    lo, hi = _chord_extent(substrate, 0.0, np.array([0.0]), np.array([0.0]), (0.0, 1.0))
+    lo, hi = substrate.line_extent(np.array([0.0]), np.array([0.0]), (0.0, 1.0), inset_um=0.0)
     assert lo[0] == pytest.approx(-99_000.0) and hi[0] == pytest.approx(100_000.0)
     # Across the notch 500 µm below its apex: the full chord (the hole in the middle does not shorten it).
-    lo, hi = _chord_extent(substrate, 0.0, np.array([0.0]), np.array([-99_500.0]), (1.0, 0.0))
+    lo, hi = substrate.line_extent(np.array([0.0]), np.array([-99_500.0]), (1.0, 0.0), inset_um=0.0)
     assert hi[0] == pytest.approx(math.sqrt(100_000.0**2 - 99_500.0**2)) and lo[0] == pytest.approx(-hi[0])
     # Far above the wafer: nothing.
-    lo, hi = _chord_extent(substrate, 0.0, np.array([0.0]), np.array([150_000.0]), (1.0, 0.0))
+    lo, hi = substrate.line_extent(np.array([0.0]), np.array([150_000.0]), (1.0, 0.0), inset_um=0.0)
     assert lo[0] > hi[0]
 
 
