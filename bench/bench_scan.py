@@ -131,6 +131,33 @@ def bench_end_to_end(folder: Path) -> tuple[float, float, float]:
     return end_to_end, render_rate, engine_only
 
 
+def bench_real_time_cpu(folder: Path, lines: int = 10) -> tuple[float, float]:
+    """The engine's CPU time as a fraction of wall time while the virtual station runs in real time with the
+    digitizer at 1 MS/s (hardware speed); the station's own process is not counted. Returns (fraction, wall s)."""
+    recipe = load_recipe(RECIPE)
+    recipe = dataclasses.replace(recipe, sampling=dataclasses.replace(recipe.sampling, sample_rate_hz=1e6))
+    config = load_station_config(STATION)
+    with VirtualStation.start(PROFILE, time_scale=1.0) as virtual:
+        station = open_station(config, resources=virtual.resources)
+        try:
+            plan = long_line_plan(recipe, Placement(), stage_acceleration_um_s2(station))
+            plan = dataclasses.replace(plan, lines=plan.lines[:lines], powers_w=plan.powers_w[-1:])
+            writer = ScanFileWriter.create(
+                folder / "real-time.h5", recipe_toml="", station_toml="", identities={}, plan_lines=plan.lines,
+                powers_w=plan.powers_w, plan_summary="bench", operator="bench", lot_id="bench", wafer_id="bench",
+                software_version="bench",
+            )  # fmt: skip
+            no_spectra = dataclasses.replace(recipe, spectra=SpectraSettings())
+            with writer:
+                engine = ScanEngine(station, no_spectra, plan, writer, placement=Placement())
+                cpu_before, wall_before = time.process_time(), time.perf_counter()
+                engine.run()
+                cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+        finally:
+            station.close()
+    return cpu / wall, wall
+
+
 def planned_six_inch() -> tuple[float, float]:
     recipe = load_recipe(SIX_INCH)
     accel = 3e6
@@ -145,6 +172,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=REPO) as folder:
         file_rate, bare_rate = bench_file_writes(Path(folder))
         end_to_end, render_rate, engine_only = bench_end_to_end(Path(folder))
+        busy, wall = bench_real_time_cpu(Path(folder))
     raster_s, grid_s = planned_six_inch()
     print(f"scan ingest, {LINES} lines of {LINE_SAMPLES:,} samples")
     print(f"  bare h5py append + flush (baseline)      {bare_rate / 1e6:7.1f} M samples/s")
@@ -155,6 +183,7 @@ def main() -> int:
           f"{end_to_end / render_rate:5.2f}x the simulator's render")  # fmt: skip
     print(f"  engine's own cost (render time removed)   {engine_only / 1e6:7.1f} M samples/s  "
           f"{engine_only / 1e6:5.1f}x real hardware's 1 M samples/s")  # fmt: skip
+    print(f"  real time, digitizer at 1 MS/s: engine CPU {busy:.1%} of wall time ({wall:.1f} s for 10 lines)")
     print("planned physical scan time, 6-inch example recipe (blue-6in)")
     print(f"  raster        {raster_s / 3600:6.2f} h")
     print(f"  grid-locked   {grid_s / 3600:6.2f} h   ({raster_s / grid_s:.1f}x faster than raster)")
