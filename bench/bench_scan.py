@@ -24,12 +24,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from drivers.station import load_station_config, open_station
+from drivers.station import Station, load_station_config, open_station
 from drivers.virtual.profile import load_profile
 from drivers.virtual.station import VirtualStation
 from drivers.virtual.world import WaferWorld
 from inspection.plan import LINE_DTYPE, ScanPlan, plan_scan
-from inspection.recipe import ScanMode, SpectraSettings, load_recipe
+from inspection.recipe import Recipe, ScanMode, SpectraSettings, load_recipe
 from inspection.scan import ScanEngine, stage_acceleration_um_s2
 from inspection.scanfile import ScanFileWriter
 from inspection.wafer import Placement
@@ -92,6 +92,17 @@ def long_line_plan(recipe, placement: Placement, accel_um_s2: float) -> ScanPlan
     return dataclasses.replace(base, lines=lines)
 
 
+def run_engine(station: Station, recipe: Recipe, plan: ScanPlan, path: Path) -> None:
+    """Run ``plan`` (no spectra) into a new scan file at ``path``."""
+    writer = ScanFileWriter.create(
+        path, recipe_toml="", station_toml="", identities={}, plan_lines=plan.lines, powers_w=plan.powers_w,
+        plan_summary="bench", operator="bench", lot_id="bench", wafer_id="bench", software_version="bench",
+    )  # fmt: skip
+    with writer:
+        ScanEngine(station, dataclasses.replace(recipe, spectra=SpectraSettings()), plan, writer,
+                   placement=Placement()).run()  # fmt: skip
+
+
 def bench_end_to_end(folder: Path) -> tuple[float, float, float]:
     """Samples/s of the engine end to end, of the simulator's render of the same lines, and of the engine with
     the line's render time taken out (its own cost)."""
@@ -104,17 +115,9 @@ def bench_end_to_end(folder: Path) -> tuple[float, float, float]:
             accel = stage_acceleration_um_s2(station)
             plan = long_line_plan(recipe, Placement(), accel)
             plan = dataclasses.replace(plan, powers_w=plan.powers_w[-1:])
-            writer = ScanFileWriter.create(
-                folder / "ingest.h5", recipe_toml="", station_toml="", identities={}, plan_lines=plan.lines,
-                powers_w=plan.powers_w, plan_summary="bench", operator="bench", lot_id="bench", wafer_id="bench",
-                software_version="bench",
-            )  # fmt: skip
-            recipe_no_spectra = dataclasses.replace(recipe, spectra=SpectraSettings())
-            with writer:
-                engine = ScanEngine(station, recipe_no_spectra, plan, writer, placement=Placement())
-                started = time.perf_counter()
-                engine.run()
-                elapsed = time.perf_counter() - started
+            started = time.perf_counter()
+            run_engine(station, recipe, plan, folder / "ingest.h5")
+            elapsed = time.perf_counter() - started
         finally:
             station.close()
     end_to_end = LINES * LINE_SAMPLES / elapsed
@@ -142,17 +145,9 @@ def bench_real_time_cpu(folder: Path, lines: int = 10) -> tuple[float, float]:
         try:
             plan = long_line_plan(recipe, Placement(), stage_acceleration_um_s2(station))
             plan = dataclasses.replace(plan, lines=plan.lines[:lines], powers_w=plan.powers_w[-1:])
-            writer = ScanFileWriter.create(
-                folder / "real-time.h5", recipe_toml="", station_toml="", identities={}, plan_lines=plan.lines,
-                powers_w=plan.powers_w, plan_summary="bench", operator="bench", lot_id="bench", wafer_id="bench",
-                software_version="bench",
-            )  # fmt: skip
-            no_spectra = dataclasses.replace(recipe, spectra=SpectraSettings())
-            with writer:
-                engine = ScanEngine(station, no_spectra, plan, writer, placement=Placement())
-                cpu_before, wall_before = time.process_time(), time.perf_counter()
-                engine.run()
-                cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+            cpu_before, wall_before = time.process_time(), time.perf_counter()
+            run_engine(station, recipe, plan, folder / "real-time.h5")
+            cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
         finally:
             station.close()
     return cpu / wall, wall

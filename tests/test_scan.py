@@ -138,40 +138,33 @@ def test_laser_is_off_after_a_complete_scan(virtual: VirtualStation, reference: 
     assert virtual.control(op="status")["laser_emission"] is False
 
 
+def start_cli_scan(path: Path) -> subprocess.Popen[bytes]:
+    """``plmapper scan`` of the coarse wafer into ``path`` in its own process group (with its virtual station)."""
+    command = [sys.executable, "-m", "app.cli", "scan", "--recipe", str(RECIPE), "--station", str(STATION),
+               "--out", str(path)]  # fmt: skip
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)  # fmt: skip
+
+
+def wait_for_lines(path: Path, lines: int) -> None:
+    """Wait until the first pass of the scan being written to ``path`` has ``lines`` complete lines."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception), ScanFile(path) as running:
+            if running.lines_complete(0) >= lines:
+                return
+        time.sleep(0.02)
+    pytest.fail(f"the scan did not reach {lines} lines")
+
+
 def test_resume_after_killed_process_gives_identical_result(virtual, reference, tmp_path: Path) -> None:
     path = tmp_path / "killed.h5"
-    command = [
-        sys.executable,
-        "-m",
-        "app.cli",
-        "scan",
-        "--recipe",
-        str(RECIPE),
-        "--station",
-        str(STATION),
-        "--out",
-        str(path),
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        start_new_session=True,
-    )
+    process = start_cli_scan(path)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(Exception), ScanFile(path) as running:
-                if running.lines_complete(0) >= 30:
-                    break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the scan did not get going")
+        wait_for_lines(path, 30)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the process and its virtual station, mid-line
-        process.wait()
+        process.communicate()
     with ScanFile(path) as interrupted:
         assert interrupted.status is ScanStatus.INTERRUPTED
         done = interrupted.lines_complete(0)
@@ -188,16 +181,8 @@ def test_resume_after_killed_process_gives_identical_result(virtual, reference, 
 
 def test_ctrl_c_stops_the_scan_resumably(virtual, reference, tmp_path: Path) -> None:
     path = tmp_path / "interrupted.h5"
-    command = [sys.executable, "-m", "app.cli", "scan", "--recipe", str(RECIPE), "--station", str(STATION),
-               "--out", str(path)]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception), ScanFile(path) as running:
-            if running.lines_complete(0) >= 10:
-                break
-        time.sleep(0.02)
+    process = start_cli_scan(path)
+    wait_for_lines(path, 10)
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
