@@ -8,9 +8,12 @@ read time out as a real instrument that stays silent would, so timeout handling 
 
 Examples
 --------
+Switching a Coherent OBIS on checks its interlock first, then sends the command; each is acknowledged:
+
 >>> from drivers.obis import CoherentOBIS
->>> with expected_protocol(CoherentOBIS, [(b"SOUR:AM:STAT ON\\r\\n", b"OK\\r\\n")]) as laser:  # doctest: +SKIP
-...     laser.emission = True
+>>> script = [(b"SYST:LOCK?\\r\\n", b"ON\\r\\nOK\\r\\n"), (b"SOUR:AM:STAT ON\\r\\n", b"OK\\r\\n")]
+>>> with expected_protocol(CoherentOBIS, script) as laser:
+...     laser.set_emission(True)
 """
 
 from __future__ import annotations
