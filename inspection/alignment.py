@@ -13,9 +13,10 @@ right index. The method uses only the recipe's grid and substrate and the PL sig
    where no wrap is possible and growing it fourfold each step, each estimate unwraps the next, so ψ ends up
    known to ~(phase error)/(2d) at the largest ``d``. Horizontal lines give the same for the column phase.
 3. **Absolute index.** The phases fix the grid modulo whole pitches; the integer part comes from the wafer's
-   edges: full-diameter lines show which chip positions emit PL, and the whole-pitch offset whose predicted
-   chip presence (from the recipe's substrate: circle, flats, notch) matches best is chosen. Using both ends of
-   two perpendicular lines makes it robust to a few dead chips at one edge.
+   edges: four full-diameter lines along the grid (a row, a column, both diagonals) show which chip positions
+   emit PL, and the whole-pitch offset whose predicted chip presence (from the recipe's substrate: circle,
+   flats, notch) matches best is chosen. Eight edge crossings at different angles make it robust to a damaged
+   stretch of edge.
 """
 
 from __future__ import annotations
@@ -209,38 +210,38 @@ def align_wafer(recipe: Recipe, acquire: LineAcquirer, *, nominal: Placement | N
     radius = (
         aligner.layout.substrate.radius_um + recipe.alignment.max_offset_um + 2 * max(grid.pitch_x_um, grid.pitch_y_um)
     )
-    # full-diameter lines along the row and the column nearest the centre, so they cross chips, not streets
-    row_y = phase_y + step_y * round((cy - phase_y) / step_y)
-    column_x = phase_x + step_x * round((cx - phase_x) / step_x)
-    # the lines follow the measured grid direction: a straight stage line would drift off its row into the
-    # streets of a rotated wafer and miss the edges it is there to see
-    along = (radius * math.cos(psi), radius * math.sin(psi))
-    horizontal = _presence_line(
-        aligner, (cx - along[0], row_y - along[1]), (cx + along[0], row_y + along[1]), grid.pitch_x_um
-    )
-    vertical = _presence_line(
-        aligner, (column_x + along[1], cy - along[0]), (column_x - along[1], cy + along[0]), grid.pitch_y_um
-    )
+    # four full-diameter lines along the measured grid: a row, a column and the two diagonals, each through the
+    # chip nearest the centre, so they cross chips, not streets, and meet the edge at eight places: a damaged
+    # stretch of edge (dead chips) cannot outvote the others
+    centre_x = phase_x + step_x * round((cx - phase_x) / step_x)
+    centre_y = phase_y + step_y * round((cy - phase_y) / step_y)
+    lines = []
+    for grid_dx, grid_dy in ((1, 0), (0, 1), (1, 1), (1, -1)):
+        along_x = grid_dx * grid.pitch_x_um
+        along_y = grid_dy * grid.pitch_y_um
+        period = math.hypot(along_x, along_y)
+        ux = (along_x * math.cos(psi) - along_y * math.sin(psi)) / period
+        uy = (along_x * math.sin(psi) + along_y * math.cos(psi)) / period
+        start = (centre_x - radius * ux, centre_y - radius * uy)
+        stop = (centre_x + radius * ux, centre_y + radius * uy)
+        lines.append(_presence_line(aligner, start, stop, period))
+
+    def score(kx: int, ky: int) -> int:
+        placement = aligner.placement_for(psi, anchor(kx, ky))
+        return sum(_score(aligner, line, placement) for line in lines)
+
     kx, ky = kx0, ky0
-    for _ in range(2):
-        kx = max(
-            range(kx0 - search_x, kx0 + search_x + 1),
-            key=lambda k: _score(aligner, horizontal, aligner.placement_for(psi, anchor(k, ky))),
-        )
-        ky = max(
-            range(ky0 - search_y, ky0 + search_y + 1),
-            key=lambda k: _score(aligner, vertical, aligner.placement_for(psi, anchor(kx, k))),
-        )
+    for _ in range(3):  # coordinate ascent: the x and y offsets barely interact
+        kx = max(range(kx0 - search_x, kx0 + search_x + 1), key=lambda k: (score(k, ky), -abs(k - kx0)))
+        ky = max(range(ky0 - search_y, ky0 + search_y + 1), key=lambda k: (score(kx, k), -abs(k - ky0)))
     placement = aligner.placement_for(psi, anchor(kx, ky))
     residual = _residual(aligner, placement)
     sites = np.array(aligner.sites, dtype=SITE_DTYPE)
-    _check(recipe, placement, residual, lines=(horizontal, vertical))
+    _check(recipe, placement, residual, lines=lines)
     return AlignmentResult(placement=placement, residual_um=residual, sites=sites)
 
 
-def _check(
-    recipe: Recipe, placement: Placement, residual_um: float, *, lines: tuple[_PresenceLine, _PresenceLine]
-) -> None:
+def _check(recipe: Recipe, placement: Placement, residual_um: float, *, lines: list[_PresenceLine]) -> None:
     """Refuse an alignment that cannot be trusted, with what to do about it."""
     grid, limits = recipe.grid, recipe.alignment
     if min(line.prominence for line in lines) < 6:  # noise scores ~3; a wafer 10 (25 chips across) to ~500
@@ -248,7 +249,7 @@ def _check(
             "no chip grid seen along the alignment lines: check that a wafer is loaded, the laser emits and the "
             "spot is in focus"
         )
-    for line, pitch in zip(lines, (grid.pitch_x_um, grid.pitch_y_um), strict=True):
+    for line, pitch in zip(lines[:2], (grid.pitch_x_um, grid.pitch_y_um), strict=True):
         if abs(line.measured_pitch_um / pitch - 1) > 0.005:
             raise AlignmentError(
                 f"the chips on the wafer repeat every {line.measured_pitch_um:.1f} µm, not every {pitch:g} µm as "

@@ -28,6 +28,7 @@ from inspection.scan import (
     ScanOptions,
     ScanProgress,
     acquire_line,
+    check_laser_matches,
     stage_acceleration_um_s2,
 )
 from inspection.scanfile import ScanFile, ScanFileError, ScanFileWriter, ScanStatus
@@ -155,6 +156,7 @@ def run_scan(
 def align_with_station(station: Station, recipe: Recipe, options: ScanOptions) -> AlignmentResult:
     """Measure the wafer's placement with the recipe's highest power; the laser is off again afterwards."""
     laser = station.laser
+    check_laser_matches(station, recipe)
     try:
         station.stage.move_absolute_um(Axis.Z, recipe.focus.focus_z_um)
         laser.set_power_w(max(recipe.excitation.powers_w))

@@ -210,6 +210,7 @@ class ScanEngine:
         station.smu.set_output(False)
         if not station.laser.interlock_closed():
             raise InterlockOpenError(station.laser.name, "the interlock is open")
+        check_laser_matches(station, self.recipe)
         low_w, high_w = station.laser.power_limits_w()
         for power in self.plan.powers_w:
             if not low_w <= power <= high_w:
@@ -504,6 +505,22 @@ def _drive_line(
     stage.disarm_position_trigger()
     stop_readback = (stage.position_um(Axis.X), stage.position_um(Axis.Y))
     return LineAcquisition(samples, start_readback, stop_readback)
+
+
+LASER_WAVELENGTH_TOLERANCE_NM = 2.0
+"""How far the station's laser may be from the recipe's excitation wavelength (diode lasers vary by ~±1 nm)."""
+
+
+def check_laser_matches(station: Station, recipe: Recipe) -> None:
+    """Refuse a recipe written for another excitation wavelength than the station's laser has."""
+    wavelength_nm = station.laser.wavelength_nm()
+    wanted_nm = recipe.excitation.laser_wavelength_nm
+    if abs(wavelength_nm - wanted_nm) > LASER_WAVELENGTH_TOLERANCE_NM:
+        raise InstrumentError(
+            station.laser.name,
+            f"the recipe excites at {wanted_nm:g} nm but this laser emits at {wavelength_nm:g} nm: use a recipe for "
+            "this station's laser, or fit the right laser",
+        )
 
 
 def stage_acceleration_um_s2(station: Station) -> float:

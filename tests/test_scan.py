@@ -352,3 +352,53 @@ def test_grid_locked_lines_run_through_every_chip_of_their_row(virtual, tmp_path
     # a line through the chip centres sees nearly every chip at full brightness (defects are the exceptions);
     # a raster line at an arbitrary height mostly grazes chips or runs along a street
     assert np.median(bright_fractions) > 0.85
+
+
+EXAMPLES = REPO / "resources" / "recipes"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["demo-2in", "red-4in", "blue-6in", "green-8in"])
+def test_every_example_recipe_scans_its_virtual_wafer(tmp_path: Path, name: str) -> None:
+    """Each example recipe on the virtual wafer made for it: aligned with every chip index right, a documented
+    scan file, lines of the planned length. Stopped after a few lines: whole 4–8" scans take hours here."""
+    recipe_path, profile = EXAMPLES / f"{name}.toml", REPO / "resources" / "profiles" / f"{name}.toml"
+    recipe, truth = load_recipe(recipe_path), load_profile(profile)
+    assert (recipe.substrate, recipe.grid) == (truth.substrate, truth.grid)
+    engines: list[ScanEngine] = []
+
+    def stop_after_three_lines(progress: ScanProgress) -> None:
+        if progress.lines_done >= 3:
+            engines[0].abort()
+
+    config = load_station_config(REPO / "resources" / "stations" / "virtual.toml")
+    path = tmp_path / f"{name}.h5"
+    with VirtualStation.start(profile) as virtual, open_station(config, resources=virtual.resources) as station:
+        outcome = run_scan(recipe_path, config, path, IDENTITY, station=station, on_engine=engines.append,
+                           on_progress=stop_after_three_lines)  # fmt: skip
+        assert virtual.control(op="status")["laser_emission"] is False
+    assert outcome.status is ScanStatus.ABORTED, outcome.message
+    with ScanFile(path) as result:
+        assert result.lines_complete(0) >= 3
+        records = result.line_records(0)
+        np.testing.assert_array_equal(records["sample_count"], result.plan_lines["sample_count"][: len(records)])
+        assert "powers_w" in result.recipe_toml and result.identities["stage"].startswith("Zaber")
+        stored = result.alignment()
+    found = Placement(stored["offset_x_um"], stored["offset_y_um"], stored["rotation_deg"])
+    placed = WaferWorld(truth).placement
+    layout = recipe.layout()
+    cols, rows = layout.usable_chips()
+    chosen = np.random.default_rng(0).choice(cols.size, size=min(cols.size, 200_000), replace=False)
+    x, y = layout.chip_center_um(cols[chosen], rows[chosen])
+    col_found, row_found, hit = layout.chip_at(*found.stage_to_wafer(*placed.wafer_to_stage(x, y)))
+    assert hit.all()
+    np.testing.assert_array_equal(col_found, cols[chosen])
+    np.testing.assert_array_equal(row_found, rows[chosen])
+
+
+def test_a_recipe_for_another_laser_is_refused_before_anything_moves(virtual, tmp_path: Path) -> None:
+    recipe_path = tmp_path / "green-laser.toml"
+    recipe_path.write_text(RECIPE.read_text().replace("laser_wavelength_nm = 405.0", "laser_wavelength_nm = 532.0"))
+    with station_on(virtual) as station, pytest.raises(InstrumentError, match="excites at 532 nm but this laser"):
+        run_scan(recipe_path, load_station_config(STATION), tmp_path / "never.h5", IDENTITY, station=station)
+    assert not (tmp_path / "never.h5").exists()
