@@ -7,6 +7,7 @@ line measured twice gives the same samples: a resumed scan must equal an uninter
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -19,14 +20,23 @@ import numpy as np
 import pytest
 
 from drivers.errors import InstrumentError
+from drivers.interfaces import Axis
 from drivers.station import Station, load_station_config, open_station
 from drivers.virtual.profile import load_profile
-from drivers.virtual.station import VirtualStation
+from drivers.virtual.station import VirtualStation, VirtualStationServer, build_bench
 from drivers.virtual.world import WaferWorld
 from inspection.job import ScanIdentity, run_scan
 from inspection.plan import plan_scan, spectrum_sites
 from inspection.recipe import load_recipe
-from inspection.scan import ScanEngine, ScanPhase, ScanProgress, stage_acceleration_um_s2
+from inspection.scan import (
+    LineMotion,
+    ScanEngine,
+    ScanOptions,
+    ScanPhase,
+    ScanProgress,
+    acquire_line,
+    stage_acceleration_um_s2,
+)
 from inspection.scanfile import ScanFile, ScanFileWriter, ScanStatus
 from inspection.station_check import run_station_check
 from inspection.wafer import Placement
@@ -402,3 +412,29 @@ def test_a_recipe_for_another_laser_is_refused_before_anything_moves(virtual, tm
     with station_on(virtual) as station, pytest.raises(InstrumentError, match="excites at 532 nm but this laser"):
         run_scan(recipe_path, load_station_config(STATION), tmp_path / "never.h5", IDENTITY, station=station)
     assert not (tmp_path / "never.h5").exists()
+
+
+def test_slanted_line_is_straight_regression() -> None:
+    """Regression: at time scale 0 the Y move used to start only after X had finished (an L, not a line), and
+    with equal accelerations the slow axis ran ahead by micrometres. Both axes must follow one straight path."""
+    bench = build_bench(load_profile(PROFILE))
+    server = VirtualStationServer(bench)
+    try:
+        with open_station(load_station_config(STATION), resources=server.resources) as station:
+            angle = math.radians(0.3)
+            start = (-20_000.0 * math.cos(angle), -20_000.0 * math.sin(angle))
+            stop = (20_000.0 * math.cos(angle), 20_000.0 * math.sin(angle))
+            motion = LineMotion(velocity_um_s=100_000.0, sample_rate_hz=10_000.0,
+                                accel_um_s2=stage_acceleration_um_s2(station), run_up_um=100.0)  # fmt: skip
+            acquire_line(station, start, stop, 4001, motion=motion, options=ScanOptions())
+            t0 = bench.trigger_times_s[-1]
+            times = t0 + np.arange(4001) / 10_000.0
+            x = bench.axes[Axis.X].position_um(times)
+            y = bench.axes[Axis.Y].position_um(times)
+    finally:
+        server.shutdown()
+    # every sample on the line through start and stop, and where the sample clock says it is along it
+    across = -math.sin(angle) * x + math.cos(angle) * y
+    along = math.cos(angle) * x + math.sin(angle) * y
+    assert np.max(np.abs(across)) < 1.0
+    np.testing.assert_allclose(along, -20_000.0 + np.arange(4001) * 10.0, atol=1.0)
