@@ -50,7 +50,7 @@ import numpy as np
 from drivers.base import Instrument, control, one_of, strict_integer_range, strict_range
 from drivers.errors import InstrumentReplyError
 from drivers.interfaces import InstrumentIdentity, IntensityDetector
-from drivers.scpi import drain_error_queue, format_number
+from drivers.scpi import drain_error_queue, format_number, raise_first_error
 
 DIGITIZE_RANGES_V = (0.1, 1.0, 10.0, 100.0, 1000.0)
 MIN_SAMPLE_RATE_HZ = 1e3
@@ -254,13 +254,7 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
 
     # -- protocol hooks --------------------------------------------------------------------------------------------
     def _check_errors(self, command: str) -> None:
-        errors = drain_error_queue(self, max_reads=self.max_queued_errors)
-        if errors:
-            code, message, reply = errors[0]
-            more = f" (and {len(errors) - 1} more queued)" if len(errors) > 1 else ""
-            raise InstrumentReplyError(
-                self.name, f"instrument error {code} {message!r}{more}", command=command, reply=reply
-            )
+        raise_first_error(self, command, drain_error_queue(self, max_reads=self.max_queued_errors))
 
     # -- helpers -----------------------------------------------------------------------------------------------------
     def _select_binary_format(self, binary: bool) -> None:

@@ -101,3 +101,17 @@ def drain_error_queue(
         raise type(error)(
             instrument.name, f"error-queue check {query!r} failed: {error.detail}", command=command
         ) from error
+
+
+def raise_first_error(instrument: Instrument, command: str, errors: list[tuple[int, str, str]]) -> None:
+    """Raise the first of ``errors`` (from :func:`drain_error_queue`) against ``command``; nothing if empty.
+
+    The message reads ``instrument error <code> '<message>'``, with ``(and N more queued)`` when more followed.
+    """
+    if not errors:
+        return
+    code, message, reply = errors[0]
+    more = f" (and {len(errors) - 1} more queued)" if len(errors) > 1 else ""
+    raise InstrumentReplyError(
+        instrument.name, f"instrument error {code} {message!r}{more}", command=command, reply=reply
+    )

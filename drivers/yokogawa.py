@@ -43,7 +43,7 @@ import numpy as np
 from drivers.base import Instrument, control, one_of, strict_integer_range, strict_range
 from drivers.errors import InstrumentConnectionError, InstrumentReplyError, InstrumentTimeoutError
 from drivers.interfaces import InstrumentIdentity, Spectrometer, Spectrum
-from drivers.scpi import drain_error_queue, format_number
+from drivers.scpi import drain_error_queue, format_number, raise_first_error
 
 MIN_WAVELENGTH_NM = 350.0
 MAX_WAVELENGTH_NM = 1200.0
@@ -239,10 +239,4 @@ class YokogawaAQ6373(Instrument, Spectrometer):
 
     # -- protocol hooks --------------------------------------------------------------------------------------------
     def _check_errors(self, command: str) -> None:
-        errors = drain_error_queue(self, max_reads=self.max_queued_errors)
-        if errors:
-            code, message, reply = errors[0]
-            more = f" (and {len(errors) - 1} more queued)" if len(errors) > 1 else ""
-            raise InstrumentReplyError(
-                self.name, f"instrument error {code} {message!r}{more}", command=command, reply=reply
-            )
+        raise_first_error(self, command, drain_error_queue(self, max_reads=self.max_queued_errors))
