@@ -77,6 +77,10 @@ class Stage(HardwareRole):
     def position_um(self, axis: Axis) -> float:
         """Current position of ``axis``."""
 
+    def positions_um(self) -> dict[Axis, float]:
+        """Positions of all axes. Stages that can read them in one exchange (at one instant) override this."""
+        return {axis: self.position_um(axis) for axis in Axis}
+
     @abc.abstractmethod
     def move_absolute_um(self, axis: Axis, position_um: float, *, wait: bool = True) -> None:
         """Move ``axis`` to ``position_um``; with ``wait`` return once the axis is idle."""

@@ -139,6 +139,7 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
         self._digitize_selected = False
         self._line_setup: tuple[float, float] | None = None  # (rate, range) of the loaded line trigger model
         self._buffer_points = 0
+        self._next_count: int | None = None  # the count the next arm() sets, if not sent yet
 
     # -- connection ----------------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -158,7 +159,7 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
             self.write("*RST")
             self._binary_format = False
             self._digitize_selected = False
-            self._line_setup = None
+            self._line_setup = self._next_count = None
 
     def make_safe(self) -> None:
         """Stop the trigger model: the DMM drives nothing, so idle is safe."""
@@ -177,12 +178,12 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
         count = strict_integer_range(1, MAX_SAMPLE_COUNT)("sample_count", sample_count)
         with self.lock:
             if self._line_setup == (rate_hz, self._range_v) and count <= self._buffer_points:
-                # same line set-up as last time (a scan's next line): only the count changes; the trigger
-                # model, its external wait and the buffer stay loaded, and block 1 clears the buffer at :INIT
-                self.write(":ABOR")
-                self.sample_count = count
+                # same line set-up as last time (a scan's next line): at most the count changes, and arm()
+                # sends it in the same message as :INIT; the trigger model, its external wait and the buffer
+                # stay loaded, and block 1 clears the buffer at :INIT
+                self._next_count = count
                 return
-            self._line_setup = None  # unknown until every setting below has been accepted
+            self._line_setup = self._next_count = None  # unknown until every setting below has been accepted
             self.write(":ABOR")  # settings are refused while a trigger model runs
             self.write(':DIG:FUNC "VOLT"')
             self._digitize_selected = True
@@ -202,12 +203,22 @@ class KeithleyDMM6500(Instrument, IntensityDetector):
             self._line_setup = (rate_hz, self._range_v)
 
     def arm(self) -> None:
-        """Start the trigger model: clear the buffer, then wait for the external edge."""
+        """Start the trigger model: clear the buffer, then wait for the external edge.
+
+        Settings still pending from :meth:`configure_triggered_acquisition` go in the same message (SCPI
+        ``;``-separated units), so a scan's next line costs one write and one error check.
+        """
         with self.lock:
+            pending = self._next_count is not None
+            units = [":ABOR"] if pending else []  # settings are refused while a trigger model runs
             if not self._digitize_selected:  # a DC reading switched the function since the last configure
-                self.write(':DIG:FUNC "VOLT"')
-                self._digitize_selected = True
-            self.write(":INIT")
+                units.append(':DIG:FUNC "VOLT"')
+            if pending:
+                units.append(f":DIG:COUN {self._next_count}")  # costs nothing in this message, changed or not
+            units.append(":INIT")
+            self._next_count = None
+            self.write(";".join(units))
+            self._digitize_selected = True
 
     def samples_acquired(self) -> int:
         return int(self.query_parsed(f':TRAC:ACT? "{LINE_BUFFER}"', _parse_count))

@@ -291,6 +291,10 @@ class ZaberXMCC(Instrument, Stage):
         self.poll_interval_s = _positive_finite("poll_interval_s", poll_interval_s)
         self._limits_steps: dict[Axis, tuple[int, int]] = {}
         self._last_reply: ZaberReply | None = None
+        # What the driver knows of the position trigger, to skip commands a scan would repeat on every line.
+        # False = unknown (the start, or a command that may not have been obeyed): everything is sent again.
+        self._trigger_idle = False  # disabled, with its output low
+        self._trigger_action_set = False  # action a raises the output
 
     @staticmethod
     def _per_axis(name: str, defaults: Mapping[Axis, float], given: Mapping[str, float] | None) -> dict[Axis, float]:
@@ -589,13 +593,20 @@ class ZaberXMCC(Instrument, Stage):
             raise ValueError(f"direction: {direction!r} is not one of {allowed}") from None
         position = self._check_inside_travel("position_um", axis, position_um)
         trigger = f"trigger {TRIGGER_NUMBER}"
-        self.write(self._command(f"{trigger} disable"))
-        self.write(self._command(f"io set do {TRIGGER_OUTPUT} 0"))
-        steps = self._steps(axis, position)
-        self.write(self._command(f"{trigger} when {AXIS_NUMBERS[axis]} pos {direction.value} {steps}"))
-        self.write(self._command(f"{trigger} action a io set do {TRIGGER_OUTPUT} 1"))
-        self.write(self._command(f"{trigger} enable 1"))
+        with self.lock:
+            if not self._trigger_idle:
+                self.disarm_position_trigger()
+            self._trigger_idle = False
+            steps = self._steps(axis, position)
+            self.write(self._command(f"{trigger} when {AXIS_NUMBERS[axis]} pos {direction.value} {steps}"))
+            if not self._trigger_action_set:
+                self.write(self._command(f"{trigger} action a io set do {TRIGGER_OUTPUT} 1"))
+                self._trigger_action_set = True
+            self.write(self._command(f"{trigger} enable 1"))
 
     def disarm_position_trigger(self) -> None:
-        self.write(self._command(f"trigger {TRIGGER_NUMBER} disable"))
-        self.write(self._command(f"io set do {TRIGGER_OUTPUT} 0"))
+        with self.lock:
+            self._trigger_idle = False
+            self.write(self._command(f"trigger {TRIGGER_NUMBER} disable"))
+            self.write(self._command(f"io set do {TRIGGER_OUTPUT} 0"))
+            self._trigger_idle = True

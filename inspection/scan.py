@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +97,10 @@ class ScanOptions:
     spectrum_timeout_s: float = 60.0
 
 
+class ScanFileWriteError(Exception):
+    """Writing a line into the scan file failed (a full disk, a lost network share); the cause is chained."""
+
+
 class ScanAborted(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised inside the worker when the operator aborts."""
 
@@ -145,6 +150,8 @@ class ScanEngine:
         self.status_message = ""
         self._samples_done = 0
         self._started_s = 0.0
+        self._lines = _LineWriter(writer)
+        self._power_reading_w: float | None = None  # the last reading, if nothing has touched the laser since
 
     # -- control (any thread) ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -192,6 +199,8 @@ class ScanEngine:
             self._finish(ScanStatus.FAILED, f"stage stopped: check the stage and the wafer, then resume ({error})")
         except InstrumentError as error:
             self._finish(ScanStatus.FAILED, f"instrument failure after retries: {error}; fix it, then resume")
+        except ScanFileWriteError as error:
+            self._finish(ScanStatus.FAILED, str(error))
         except KeyboardInterrupt:
             self._finish(ScanStatus.ABORTED, "interrupted (Ctrl-C); resume to continue from the last complete line")
             raise
@@ -236,9 +245,11 @@ class ScanEngine:
         for line in lines[first:]:
             self._between_lines(pass_index, power_w)
             record, samples = self._measure_line_with_retries(line, power_w)
-            self.writer.write_line(pass_index, int(line["line_index"]), samples, record)
+            # written on the line writer's thread while the next line is acquired
+            self._lines.submit(pass_index, int(line["line_index"]), samples, record)
             self._samples_done += samples.size
             self._report(ScanPhase.MAPPING, pass_index, "")
+        self._lines.drain()
         station.laser.set_emission(False)
 
     def _laser_on(self, power_w: float) -> None:
@@ -246,7 +257,9 @@ class ScanEngine:
         laser.set_power_w(power_w)
         laser.set_emission(True)
         time.sleep(self.recipe.excitation.settle_s)
-        self.writer.log_power(time.time(), self.station.power_meter.power_w())
+        self._power_reading_w = self.station.power_meter.power_w()
+        self._lines.drain()
+        self.writer.log_power(time.time(), self._power_reading_w)
 
     def _between_lines(self, pass_index: int, power_w: float) -> None:
         if self._abort.is_set():
@@ -254,6 +267,7 @@ class ScanEngine:
         if self._running.is_set():
             return
         self.station.laser.set_emission(False)  # nobody watches a paused scan: no light on the wafer
+        self._lines.drain()
         self.writer.event("info", "paused")
         self._report(ScanPhase.PAUSED, pass_index, "paused")
         self._running.wait()
@@ -269,6 +283,8 @@ class ScanEngine:
             except RETRYABLE_ERRORS as error:
                 if attempt == self.options.line_retries or isinstance(error, NEEDS_A_PERSON):
                     raise
+                self._power_reading_w = None
+                self._lines.drain()
                 self.writer.event("warning", f"line {int(line['line_index'])} attempt {attempt + 1} failed: {error}")
                 self._recover(error, power_w)
         raise AssertionError("unreachable")
@@ -289,7 +305,12 @@ class ScanEngine:
 
     def _measure_line(self, line: np.void, power_w: float) -> tuple[dict[str, float], np.ndarray]:
         station, sampling = self.station, self.recipe.sampling
-        power_before = station.power_meter.power_w()
+        # lines follow each other within milliseconds while the laser drifts over minutes: the reading after
+        # the last line is this line's reading before (taken afresh after anything that touched the laser)
+        power_before = self._power_reading_w
+        self._power_reading_w = None  # in case this line fails
+        if power_before is None:
+            power_before = station.power_meter.power_w()
         acquired = acquire_line(
             station,
             (float(line["x_start_um"]), float(line["y_start_um"])),
@@ -303,6 +324,7 @@ class ScanEngine:
             ),
             options=self.options,
         )
+        power_after = station.power_meter.power_w()
         record = {
             "line_index": float(line["line_index"]),
             "trigger_time_s": math.nan,  # the digitizer does not time-stamp its trigger
@@ -312,9 +334,10 @@ class ScanEngine:
             "x_stop_readback_um": acquired.stop_readback_um[0],
             "y_stop_readback_um": acquired.stop_readback_um[1],
             "power_before_w": power_before,
-            "power_after_w": station.power_meter.power_w(),
+            "power_after_w": power_after,
             "laser_setpoint_w": power_w,
         }
+        self._power_reading_w = power_after
         return record, acquired.samples_v
 
     def _measure_spectra(self) -> None:
@@ -371,6 +394,11 @@ class ScanEngine:
         self.status, self.status_message = status, message
         with contextlib.suppress(Exception):  # the file must get its status even if the laser is unreachable
             self.station.laser.set_emission(False)
+        try:
+            self._lines.close()  # every line acquired is written before the status
+        except ScanFileWriteError as error:
+            status, message = ScanStatus.FAILED, str(error)
+            self.status, self.status_message = status, message
         self.writer.event("info" if status is ScanStatus.COMPLETE else "error", message)
         self.writer.finish(status, message)
         self._report(ScanPhase.FINISHED, len(self.plan.powers_w) - 1, message)
@@ -386,7 +414,7 @@ class ScanEngine:
         if self._on_progress is None:
             return
         per_pass = len(self.plan.lines)
-        done = sum(self.writer.next_line(index) for index in range(len(self.plan.powers_w)))
+        done = self._lines.lines_written()
         total = per_pass * len(self.plan.powers_w)
         elapsed = max(time.monotonic() - self._started_s, 1e-9)
         rate = self._samples_done / elapsed
@@ -478,7 +506,7 @@ def _drive_line(
     motion: LineMotion,
     options: ScanOptions,
 ) -> LineAcquisition:
-    start_readback = (stage.position_um(Axis.X), stage.position_um(Axis.Y))
+    start_readback = _xy_readback(stage)
     for axis, _, share in moving:
         # speed and acceleration in proportion: both axes follow one time profile, so the path is straight
         stage.set_velocity_um_s(axis, motion.velocity_um_s * share)
@@ -503,8 +531,73 @@ def _drive_line(
     samples = detector.read_samples_v(0, sample_count)
     stage.wait_idle(options.move_timeout_s)
     stage.disarm_position_trigger()
-    stop_readback = (stage.position_um(Axis.X), stage.position_um(Axis.Y))
+    stop_readback = _xy_readback(stage)
     return LineAcquisition(samples, start_readback, stop_readback)
+
+
+def _xy_readback(stage: Stage) -> tuple[float, float]:
+    positions = stage.positions_um()
+    return positions[Axis.X], positions[Axis.Y]
+
+
+class _LineWriter:
+    """Writes lines into the scan file on a thread of its own, so that the engine acquires the next line while
+    the last one is made durable (each line is flushed and fsynced twice, see :meth:`ScanFileWriter.write_line`).
+
+    At most ``depth`` lines wait in memory. A write that fails is raised in the engine's thread at its next call,
+    and nothing after it is written (the file stays resumable from the line before).
+    """
+
+    def __init__(self, writer: ScanFileWriter, depth: int = 2) -> None:
+        self._writer = writer
+        self._queue: queue.Queue[tuple[int, int, np.ndarray, dict[str, float]] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None  # raised once in the engine's thread
+        self._failed = False  # sticky: after a failed write nothing more is written
+        self._thread: threading.Thread | None = None
+        self._written = sum(writer.next_line(index) for index in range(writer.pass_count))
+
+    def submit(self, pass_index: int, line_index: int, samples_v: np.ndarray, record: dict[str, float]) -> None:
+        self._raise_error()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="plmapper-line-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((pass_index, line_index, samples_v, record))
+
+    def drain(self) -> None:
+        """Return once every submitted line is in the file."""
+        self._queue.join()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread (idempotent)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise_error()
+
+    def lines_written(self) -> int:
+        return self._written
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if not self._failed:  # after a failed write, later lines would leave a gap: drop them
+                    self._writer.write_line(*item)
+                    self._written += 1
+            except Exception as error:  # noqa: BLE001 - handed to the engine's thread
+                self._error, self._failed = error, True
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise ScanFileWriteError(
+                f"writing the scan file failed: {type(error).__name__}: {error}; the lines before are safe: "
+                "free disk space or fix the storage, then resume"
+            ) from error
 
 
 LASER_WAVELENGTH_TOLERANCE_NM = 2.0

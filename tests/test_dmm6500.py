@@ -91,15 +91,20 @@ def test_configure_builds_the_external_trigger_model() -> None:
 def test_next_line_with_the_same_set_up_only_changes_the_count() -> None:
     exchanges = [
         *CONFIGURE_100K_1000,
-        *write(":ABOR"),
-        *write(":DIG:COUN 800"),  # fits the buffer: the trigger model stays loaded
+        *write(":INIT"),
+        # fits the buffer: the trigger model stays loaded, and the new count goes out with :INIT
+        *write(":ABOR;:DIG:COUN 800;:INIT"),
         # another rate: everything again, but the data format, already binary, is not sent twice
         *without_command(configure_exchanges("10", "200000", 1200, 1200), ":FORM:DATA REAL"),
+        *write(":INIT"),
     ]
     with expected_protocol(KeithleyDMM6500, exchanges) as dmm:
         dmm.configure_triggered_acquisition(100e3, 1000)
+        dmm.arm()
         dmm.configure_triggered_acquisition(100e3, 800)
+        dmm.arm()
         dmm.configure_triggered_acquisition(200e3, 1200)
+        dmm.arm()
 
 
 def test_a_dc_reading_makes_the_next_line_load_its_trigger_model_again() -> None:
@@ -123,8 +128,8 @@ def test_configure_sends_the_chosen_range_and_never_sizes_the_buffer_below_ten()
 
 def test_arm_count_and_abort() -> None:
     exchanges = [
-        *write(':DIG:FUNC "VOLT"'),  # nothing configured yet: the driver makes sure the digitize function is on
-        *write(":INIT"),
+        # nothing configured yet: the driver makes sure the digitize function is on, in the same message
+        *write(':DIG:FUNC "VOLT";:INIT'),
         (b':TRAC:ACT? "defbuffer1"\n', b"734\n"),
         *write(":ABOR"),
         *write(":INIT"),  # the function is known to be selected now
@@ -175,8 +180,7 @@ def test_dc_reading_goes_to_defbuffer2_in_ascii_and_arm_restores_digitize() -> N
         *CONFIGURE_100K_1000,
         *write(":FORM:DATA ASC"),
         (b':MEAS:VOLT:DC? "defbuffer2"\n', b"1.010000E-01\n"),
-        *write(':DIG:FUNC "VOLT"'),
-        *write(":INIT"),
+        *write(':DIG:FUNC "VOLT";:INIT'),
         *write(":FORM:DATA REAL"),
         (b':TRAC:DATA? 1, 2, "defbuffer1", READ\n', block([0.1, 0.2])),
     ]
@@ -425,6 +429,18 @@ def test_twin_rejects_bad_commands_in_the_real_error_format() -> None:
         with pytest.raises(InstrumentReplyError, match="-113 'Undefined header'"):
             dmm.write(":BOGUS 1")
         dmm.abort()  # the queue was drained: the next command is clean
+
+
+def test_twin_runs_every_unit_of_a_compound_message_and_stops_at_an_error() -> None:
+    bench = lit_bench()
+    with serve_twin(DMM6500Twin, bench) as resource, KeithleyDMM6500.open(resource) as dmm:
+        dmm.write(":ABOR;:DIG:COUN 800;:DIG:VOLT:RANG 1;SRAT 2500")  # SRAT continues in the :DIG:VOLT: path
+        assert dmm.sample_count == 800
+        assert dmm.digitize_range_v == 1
+        assert dmm.query(":DIG:COUN?;:DIG:VOLT:SRAT?") == "800;2.500000E+03"
+        with pytest.raises(InstrumentReplyError, match="-113 'Undefined header'"):
+            dmm.write(":DIG:COUN 900;:BOGUS;:DIG:COUN 700")
+        assert dmm.sample_count == 900  # the unit after the error was dropped, as the parser does
 
 
 def test_twin_garbage_reply_is_a_reply_error() -> None:

@@ -224,6 +224,33 @@ def test_abort_then_resume(virtual, reference, tmp_path: Path) -> None:
         assert_same_lines(resumed, reference)
 
 
+def test_a_failed_file_write_stops_the_scan_without_a_gap_and_resumes(virtual, reference, tmp_path: Path) -> None:
+    path = tmp_path / "disk-full.h5"
+
+    def fail_at_line_25(engine: ScanEngine) -> None:
+        write_line = engine.writer.write_line
+
+        def failing(pass_index: int, line_index: int, *arguments) -> None:
+            if line_index == 25:
+                raise OSError(28, "No space left on device")
+            write_line(pass_index, line_index, *arguments)
+
+        engine.writer.write_line = failing  # type: ignore[method-assign]
+
+    outcome, status = scan(virtual, path, on_engine=fail_at_line_25)
+    assert outcome.status is ScanStatus.FAILED
+    assert "writing the scan file failed" in outcome.message and "No space left" in outcome.message
+    assert status["laser_emission"] is False
+    with ScanFile(path) as stopped:
+        assert stopped.status is ScanStatus.FAILED
+        assert stopped.lines_complete(0) == 25  # the lines acquired after the failure were not written out of order
+        assert_same_lines(stopped, reference, complete=False)
+    outcome, _ = scan(virtual, path, resume=True)
+    assert outcome.status is ScanStatus.COMPLETE, outcome.message
+    with ScanFile(path) as resumed:
+        assert_same_lines(resumed, reference)
+
+
 def commands_at(reference: ScanFile, role: str, fraction: float) -> int:
     return max(1, int(reference.commands_per_scan[role] * fraction))  # type: ignore[attr-defined]
 

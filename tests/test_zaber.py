@@ -159,6 +159,7 @@ def test_position_trigger_protocol() -> None:
     ok = b"@01 0 OK IDLE -- 0\r\n"
     exchanges = [
         *LIMITS_X,
+        # first arm: the trigger's state is unknown, so it is disabled and its output reset first
         (b"/1 trigger 1 disable\n", ok),
         (b"/1 io set do 1 0\n", ok),
         (b"/1 trigger 1 when 1 pos >= 20157\n", ok),
@@ -166,16 +167,34 @@ def test_position_trigger_protocol() -> None:
         (b"/1 trigger 1 enable 1\n", ok),
         (b"/1 trigger 1 disable\n", ok),
         (b"/1 io set do 1 0\n", ok),
-        (b"/1 trigger 1 disable\n", ok),
-        (b"/1 io set do 1 0\n", ok),
+        # the next line: disabled, output low and action kept, so only the condition and the enable go out
         (b"/1 trigger 1 when 1 pos <= -100787\n", ok),
-        (b"/1 trigger 1 action a io set do 1 1\n", ok),
         (b"/1 trigger 1 enable 1\n", ok),
     ]
     with expected_protocol(ZaberXMCC, exchanges) as stage:
         stage.arm_position_trigger(Axis.X, 10_000.0, TriggerDirection.RISING)
         stage.disarm_position_trigger()
         stage.arm_position_trigger(Axis.X, -50_000.0, TriggerDirection.FALLING)
+
+
+def test_position_trigger_is_reset_in_full_after_a_failed_exchange() -> None:
+    ok = b"@01 0 OK IDLE -- 0\r\n"
+    exchanges = [
+        *LIMITS_X,
+        (b"/1 trigger 1 disable\n", ok),
+        (b"/1 io set do 1 0\n", ok),
+        (b"/1 trigger 1 when 1 pos >= 20157\n", ok),
+        (b"/1 trigger 1 action a io set do 1 1\n", TIMEOUT),  # the action may or may not have been set
+        (b"/1 trigger 1 disable\n", ok),
+        (b"/1 io set do 1 0\n", ok),
+        (b"/1 trigger 1 when 1 pos >= 20157\n", ok),
+        (b"/1 trigger 1 action a io set do 1 1\n", ok),
+        (b"/1 trigger 1 enable 1\n", ok),
+    ]
+    with expected_protocol(ZaberXMCC, exchanges) as stage:
+        with pytest.raises(InstrumentTimeoutError):
+            stage.arm_position_trigger(Axis.X, 10_000.0, TriggerDirection.RISING)
+        stage.arm_position_trigger(Axis.X, 10_000.0, TriggerDirection.RISING)
 
 
 def test_close_stops_and_disarms() -> None:

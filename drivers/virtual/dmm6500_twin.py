@@ -50,6 +50,7 @@ from drivers.virtual.scpi import (
     scpi_header,
     split_arguments,
     split_command,
+    split_program_message,
 )
 from drivers.virtual.server import InstrumentTwin
 
@@ -140,17 +141,25 @@ class DMM6500Twin(InstrumentTwin):
 
     # -- protocol ------------------------------------------------------------------------------------------------
     def handle(self, command: str, session: dict[str, Any]) -> bytes | None:
-        self._follow_acquisition()
-        header, arguments = split_command(command)
-        query = header.endswith("?")
-        try:
-            reply = find_command(self._commands, header.removesuffix("?"))(query, arguments)
-        except ScpiError as error:
-            self._errors.push(error.code, error.message)
+        """Run each unit of the message in turn; an error drops the units after it, as the parser does."""
+        replies: list[str | bytes] = []
+        for unit in split_program_message(command):
+            self._follow_acquisition()
+            header, arguments = split_command(unit)
+            query = header.endswith("?")
+            try:
+                reply = find_command(self._commands, header.removesuffix("?"))(query, arguments)
+            except ScpiError as error:
+                self._errors.push(error.code, error.message)
+                break
+            if reply is not None:
+                replies.append(reply)
+        if not replies:
             return None
-        if reply is None:
-            return None
-        return reply if isinstance(reply, bytes) else reply.encode("ascii") + self.output_termination
+        # a binary block (``#0...``) carries its own end of message; text replies get the terminator
+        encoded = [reply if isinstance(reply, bytes) else reply.encode("ascii") for reply in replies]
+        ending = b"" if isinstance(replies[-1], bytes) else self.output_termination
+        return b";".join(encoded) + ending
 
     # -- state ---------------------------------------------------------------------------------------------------
     def _reset(self) -> None:

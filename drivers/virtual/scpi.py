@@ -138,6 +138,45 @@ def split_command(command: str) -> tuple[str, str]:
     return ":" + header.lstrip(":"), arguments.strip()
 
 
+def split_program_message(message: str) -> list[str]:
+    """Split one received line into its program message units (``;`` outside quotes), with every header made
+    absolute by the SCPI rule: a unit that starts with neither ``:`` nor ``*`` continues in the path of the
+    unit before it (everything up to that unit's last colon).
+
+    Examples
+    --------
+    >>> split_program_message(':ABOR;:DIG:COUN 800;:INIT')
+    [':ABOR', ':DIG:COUN 800', ':INIT']
+    >>> split_program_message(':TRIG:BLOC:WAIT 2, EXT, ENT;MDIG 3, "a;b", AUTO;*OPC?')
+    [':TRIG:BLOC:WAIT 2, EXT, ENT', ':TRIG:BLOC:MDIG 3, "a;b", AUTO', '*OPC?']
+    """
+    units: list[str] = []
+    current, quote = "", ""
+    for char in message:
+        if quote:
+            current += char
+            if char == quote:
+                quote = ""
+        elif char in "\"'":
+            quote = char
+            current += char
+        elif char == ";":
+            units.append(current.strip())
+            current = ""
+        else:
+            current += char
+    units.append(current.strip())
+    absolute: list[str] = []
+    path = ":"
+    for given in units:
+        unit = path + given if given and given[0] not in ":*" else given
+        absolute.append(unit)
+        header = unit.partition(" ")[0]
+        if not header.startswith("*"):  # common commands do not change the path
+            path = header[: header.rfind(":") + 1] or ":"
+    return absolute
+
+
 def find_command(commands: Sequence[tuple[re.Pattern[str], Handler]], header: str) -> Handler:
     """The handler of the first pattern in ``commands`` that ``header`` matches.
 
