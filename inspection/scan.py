@@ -519,10 +519,18 @@ def _drive_line(
     stage.arm_position_trigger(trigger_axis, float(start[index]), trigger_direction)
     for axis, target, _ in moving:
         stage.move_absolute_um(axis, float(target), wait=False)
+    started_s = time.monotonic()
+    line_s = sample_count / motion.sample_rate_hz + motion.velocity_um_s / motion.accel_um_s2
     # a line that takes much longer than it should has lost its trigger or a command on the way
-    timeout_s = 2 * (sample_count / motion.sample_rate_hz + 2 * motion.velocity_um_s / motion.accel_um_s2)
-    timeout_s += options.line_timeout_margin_s
-    deadline = time.monotonic() + timeout_s
+    timeout_s = 2 * (line_s + motion.velocity_um_s / motion.accel_um_s2) + options.line_timeout_margin_s
+    deadline = started_s + timeout_s
+    if detector.samples_acquired() < sample_count:
+        # not done at once (a simulated station can be): the line cannot end before the stage has run up and
+        # crossed it, so the next poll waits for most of that time (each poll is an exchange, and on real
+        # hardware polling all along would cost CPU for nothing)
+        first_poll_s = started_s + line_s * EXPECTED_LINE_FRACTION
+        while (remaining_s := first_poll_s - time.monotonic()) > 0:
+            time.sleep(min(remaining_s, 0.05))
     while detector.samples_acquired() < sample_count:
         if time.monotonic() > deadline:
             detector.abort()
@@ -621,6 +629,10 @@ def stage_acceleration_um_s2(station: Station) -> float:
     moves with a low acceleration for a moment, and the other axis still holds the stage's setting."""
     return max(station.stage.acceleration_um_s2(axis) for axis in (Axis.X, Axis.Y))
 
+
+EXPECTED_LINE_FRACTION = 0.9
+"""Polling for a line's samples starts after this fraction of its expected duration (the stage's run-up and the
+line itself): late enough to skip pointless polls, early enough that a quick stage does not wait."""
 
 TRAVEL_SPEED_UM_S = 100_000.0
 """Speed of moves between lines (a line's own speed when faster)."""
