@@ -8,8 +8,10 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
+from scipy import stats
 
-from drivers.virtual.profile import WaferProfile
+from cext import reference
+from drivers.virtual.profile import WaferProfile, load_profile
 from drivers.virtual.world import DefectFlag, ElResult, WaferWorld, classify_el, export_truth
 from inspection.settings import SettingsError, from_mapping
 
@@ -137,6 +139,99 @@ def test_dead_chip_gives_background_only_and_missing_chip_nothing(world, table) 
     np.testing.assert_allclose(signal_at(missing), 0.0, atol=1e-9)
     noisy = world.pl_signal_v(table["x_um"][dead][:20], table["y_um"][dead][:20], HIGH_POWER_W, np.zeros(20))
     assert np.all(np.abs(noisy - world.profile.optics.background_v - scatter_v) < 5 * world.profile.optics.read_noise_v)
+
+
+def reference_signal_v(world: WaferWorld, x: np.ndarray, y: np.ndarray, power_w: float) -> np.ndarray:
+    """The exact model (cext.reference) over every chip of a rectangle around the line: what the world's
+    renderer, with the few chips its band holds, must reproduce."""
+    frame = world._grid_frame()
+    col_f, row_f = reference.grid_units(frame, x, y)
+    reach = world._reach
+    first_col, last_col = int(np.floor(col_f.min() + 0.5)) - reach, int(np.floor(col_f.max() + 0.5)) + reach
+    first_row, last_row = int(np.floor(row_f.min() + 0.5)) - reach, int(np.floor(row_f.max() + 0.5)) + reach
+    col0, band_row0, band_start = reference.full_band(first_col, last_col, first_row, last_row)
+    rows, cols = np.meshgrid(np.arange(first_row, last_row + 1), np.arange(first_col, last_col + 1))
+    cols, rows = cols.ravel(), rows.ravel()
+    inside = world.layout.in_box(cols, rows)
+    truth = world.chip_truth(cols[inside], rows[inside])
+    chips = {name: np.zeros(cols.size) for name in ("a", "c", "s", "excitation", "gain", "scatter")}
+    chips["a"][:] = 1.0
+    chips["a"][inside], chips["c"][inside], chips["s"][inside] = truth.a_coeff, truth.c_coeff, truth.shunt
+    chips["excitation"][inside] = truth.excitation
+    chips["gain"][inside] = world._pl_gain_v_per_w(truth)
+    chips["scatter"][inside] = np.where(truth.present, world.profile.optics.scatter_v_per_w, 0.0)
+    grid, sigma = world.layout.grid, world.profile.optics.spot_sigma_um
+    return reference.render_line(
+        x, y, np.full(x.shape, power_w), frame, col0, band_row0, band_start, chips["a"], chips["c"], chips["s"],
+        np.full(cols.size, world.profile.defects.leak_saturation_n), chips["excitation"], chips["gain"],
+        chips["scatter"], 0.5 * grid.chip_width_um / grid.pitch_x_um, 0.5 * grid.chip_height_um / grid.pitch_y_um,
+        sigma / grid.pitch_x_um, sigma / grid.pitch_y_um, world.generation_per_w, reach,
+    )  # fmt: skip
+
+
+def line_through(world: WaferWorld, table: dict[str, np.ndarray], chip: int, angle_deg: float, offset_um: float):
+    """A 4 mm line through (beside, by ``offset_um``) chip ``chip`` of the table, at ``angle_deg`` to the x axis."""
+    t = np.linspace(-2000.0, 2000.0, 8000)
+    angle = np.radians(angle_deg)
+    x = table["x_um"][chip] + t * np.cos(angle) - offset_um * np.sin(angle)
+    y = table["y_um"][chip] + t * np.sin(angle) + offset_um * np.cos(angle)
+    return x, y
+
+
+@pytest.mark.parametrize(
+    ("angle_deg", "offset_um"),
+    [(0.0, 0.0), (0.0, 23.0), (0.0, 100.0), (0.7, 10.0), (30.0, 0.0), (90.0, 0.0), (90.0, 41.0)],
+    ids=["row centres", "row near edge", "between rows", "rotated wafer", "slanted", "column", "column near edge"],
+)
+@pytest.mark.parametrize("kind", [DefectFlag.DEAD, DefectFlag.MISSING, DefectFlag.LEAKY])
+def test_pl_signal_matches_the_exact_model(world, table, kind, angle_deg, offset_um) -> None:
+    """Lines along rows and columns, slanted, beside the chips, over dead, missing and leaky chips."""
+    chip = np.flatnonzero(only(table, kind) if kind != DefectFlag.MISSING else table["flags"] & np.uint16(kind))[3]
+    x, y = line_through(world, table, chip, angle_deg, offset_um)
+    clean = world.pl_signal_clean_v(x, y, np.full(x.shape, HIGH_POWER_W))
+    exact = reference_signal_v(world, x, y, HIGH_POWER_W)
+    np.testing.assert_allclose(clean, exact, rtol=0, atol=1e-9 * exact.max())
+
+
+def test_pl_signal_matches_the_exact_model_across_the_wafer_edge(world) -> None:
+    """A line from outside the wafer (and the chip grid's box) in to the centre: no chips, then edge chips."""
+    x = np.linspace(-world._radius_um - 3000.0, 0.0, 12000)
+    y = np.full(x.shape, 1234.0)
+    clean = world.pl_signal_clean_v(x, y, np.full(x.shape, HIGH_POWER_W))
+    exact = reference_signal_v(world, x, y, HIGH_POWER_W)
+    np.testing.assert_allclose(clean, exact, rtol=0, atol=1e-9 * exact.max())
+    assert not clean[:1000].any()
+
+
+@pytest.mark.parametrize("name", ["demo-2in", "green-8in"])
+def test_example_wafers_match_the_exact_model(name: str) -> None:
+    """The example profiles (100 µm and 20 µm pitch): lines along a row and slanted, at the benchmark's step."""
+    world = WaferWorld(load_profile(f"resources/profiles/{name}.toml"))
+    x = np.linspace(-1000.0, 1000.0, 10000)
+    for y in (np.full(x.shape, 123.0), 123.0 + x * np.tan(np.radians(1.0))):
+        clean = world.pl_signal_clean_v(x, y, np.full(x.shape, 0.01))
+        exact = reference_signal_v(world, x, y, 0.01)
+        np.testing.assert_allclose(clean, exact, rtol=0, atol=1e-9 * exact.max())
+
+
+def test_noisy_signal_is_reproducible_with_the_documented_noise(world) -> None:
+    x_chip, y_chip = world.layout.chip_center_um(*world.layout.anchor_index)
+    x = np.linspace(-5000, 5000, 200_000) + x_chip
+    y = np.full(x.shape, y_chip + 17.0)
+    optics = world.profile.optics
+    noisy = world.pl_signal_v(x, y, HIGH_POWER_W, x * 0)
+    # a re-measured line gives the same samples; another power, other noise
+    np.testing.assert_array_equal(world.pl_signal_v(x, y, HIGH_POWER_W, x * 0), noisy)
+    clean = world.pl_signal_clean_v(x, y, np.full(x.shape, HIGH_POWER_W))
+    other = world.pl_signal_v(x, y, 2 * HIGH_POWER_W, x * 0) - world.pl_signal_clean_v(x, y, 2 * HIGH_POWER_W)
+    assert not np.allclose(other, noisy - clean)
+    # read noise plus shot noise on top of the background
+    z = (noisy - clean - optics.background_v) / np.sqrt(optics.read_noise_v**2 + optics.shot_noise_v * clean)
+    assert abs(z.mean()) < 5 / np.sqrt(z.size)
+    assert abs(z.std() - 1.0) < 0.01
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    bright = clean > 0.5 * clean.max()
+    assert np.std(noisy[bright] - clean[bright]) > 3 * optics.read_noise_v  # the shot noise shows where it is bright
 
 
 def test_line_signal_is_periodic_at_the_chip_pitch(world) -> None:

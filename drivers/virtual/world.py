@@ -27,7 +27,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from cext.pl_render import carrier_density, render_line
+from cext.pl_render import carrier_density, line_band, render_line
 from scipy.special import erf
 
 from drivers.virtual.profile import ElTestSpec, WaferProfile
@@ -341,6 +341,13 @@ class WaferWorld:
         dy = np.asarray(y_um, dtype=np.float64) - grid.origin_y_um
         return (c * dx + s * dy) / grid.pitch_x_um + anchor_col, (-s * dx + c * dy) / grid.pitch_y_um + anchor_row
 
+    def _grid_frame(self) -> tuple[float, ...]:
+        """The chip grid in the wafer frame, as the kernels take it (the transform of :meth:`_grid_units`)."""
+        grid = self.layout.grid
+        anchor_col, anchor_row = self.layout.anchor_index
+        c, s = math.cos(math.radians(grid.rotation_deg)), math.sin(math.radians(grid.rotation_deg))
+        return (grid.origin_x_um, grid.origin_y_um, c, s, grid.pitch_x_um, grid.pitch_y_um, anchor_col, anchor_row)
+
     def _pl_gain_v_per_w(self, truth: ChipTruth) -> np.ndarray:
         optics = self.profile.optics
         stokes = optics.laser_wavelength_nm / truth.wavelength_nm  # photon energy lost from pump to emission
@@ -355,40 +362,41 @@ class WaferWorld:
         x_um = np.ascontiguousarray(x_um, dtype=np.float64)
         y_um = np.ascontiguousarray(y_um, dtype=np.float64)
         power = np.ascontiguousarray(np.broadcast_to(power_w, x_um.shape), dtype=np.float64)
-        clean = self.pl_signal_clean_v(x_um, y_um, power)
-        optics = self.profile.optics
         key = [self.seed, 17, x_um.size]
         if x_um.size:
-            key += [round(v * 100) & 0xFFFFFFFF for v in (x_um[0], y_um[0], x_um[-1], y_um[-1])]
+            key += [round(v * 100) & 0xFFFFFFFF for v in (x_um.flat[0], y_um.flat[0], x_um.flat[-1], y_um.flat[-1])]
             key.append(round(float(power.mean()) * 1e7) & 0xFFFFFFFF)
-        rng = np.random.default_rng(key)
-        sigma = np.sqrt(optics.read_noise_v**2 + optics.shot_noise_v * np.maximum(clean, 0.0))
-        return clean + optics.background_v + sigma * rng.standard_normal(clean.shape)
+        # the kernel draws sample i's noise from (this 64-bit key, i), so the draws do not depend on the threads
+        noise_key = int(np.random.SeedSequence(key).generate_state(1, dtype=np.uint64)[0])
+        return self._render(x_um, y_um, power, noise_key)
 
     def pl_signal_clean_v(self, x_um: np.ndarray, y_um: np.ndarray, power_w: np.ndarray) -> np.ndarray:
         """Noiseless detector voltage (no background) for spot positions in the wafer frame."""
+        return self._render(x_um, y_um, power_w, None)
+
+    def _render(self, x_um: np.ndarray, y_um: np.ndarray, power_w: np.ndarray, noise_key: int | None) -> np.ndarray:
+        """PL detector voltage of spot positions: noiseless, or with the detector noise seeded by ``noise_key``."""
+        x_um = np.ascontiguousarray(x_um, dtype=np.float64)
         if x_um.size == 0:
-            return np.zeros(0)
-        grid = self.layout.grid
-        col_f, row_f = self._grid_units(x_um, y_um)
-        centre_col = np.floor(col_f + 0.5).astype(np.int64)
-        centre_row = np.floor(row_f + 0.5).astype(np.int64)
-        reach = self._reach
-        col0 = int(centre_col.min()) - reach
-        columns = int(centre_col.max()) + reach - col0 + 1
-        band_low = np.full(columns, np.iinfo(np.int64).max)
-        band_high = np.full(columns, np.iinfo(np.int64).min)
-        # the rows each column must hold: every sample's row, spread to the columns within reach
-        for dc in range(-reach, reach + 1):
-            np.minimum.at(band_low, centre_col + dc - col0, centre_row)
-            np.maximum.at(band_high, centre_col + dc - col0, centre_row)
-        used = band_high >= band_low
-        height = int((band_high[used] - band_low[used]).max()) + 2 * reach + 1
-        band_row0 = np.where(used, band_low - reach, -(2**40))
-        cols = np.repeat(np.arange(col0, col0 + columns), height)
-        rows = (band_row0[:, None] + np.arange(height)).ravel()
-        valid = np.repeat(used, height) & self.layout.in_box(cols, rows)
-        slots = cols.size
+            return np.zeros(x_um.shape)
+        y_um = np.ascontiguousarray(np.broadcast_to(y_um, x_um.shape), dtype=np.float64).ravel()
+        power_w = np.ascontiguousarray(np.broadcast_to(power_w, x_um.shape), dtype=np.float64).ravel()
+        grid, optics = self.layout.grid, self.profile.optics
+        frame = self._grid_frame()
+        sigma = optics.spot_sigma_um
+        geometry = (
+            0.5 * grid.chip_width_um / grid.pitch_x_um,
+            0.5 * grid.chip_height_um / grid.pitch_y_um,
+            sigma / grid.pitch_x_um,
+            sigma / grid.pitch_y_um,
+        )
+        # only the chips some sample lights: along a chip row, one or two per column
+        col0, band_row0, band_start = line_band(x_um.ravel(), y_um, frame, *geometry, self._reach)
+        counts = np.diff(band_start)
+        slots = int(band_start[-1])
+        cols = np.repeat(np.arange(col0, col0 + counts.size, dtype=np.int64), counts)
+        rows = np.repeat(band_row0 - band_start[:-1], counts) + np.arange(slots, dtype=np.int64)
+        valid = self.layout.in_box(cols, rows)
         arrays = {name: np.zeros(slots) for name in ("a", "c", "s", "exc", "gain", "scatter")}
         arrays["a"][:] = 1.0
         truth = self.chip_truth(cols[valid], rows[valid])
@@ -397,15 +405,15 @@ class WaferWorld:
         arrays["s"][valid] = truth.shunt
         arrays["exc"][valid] = truth.excitation
         arrays["gain"][valid] = self._pl_gain_v_per_w(truth)
-        arrays["scatter"][valid] = np.where(truth.present, self.profile.optics.scatter_v_per_w, 0.0)
-        sigma = self.profile.optics.spot_sigma_um
-        return render_line(
-            col_f,
-            row_f,
+        arrays["scatter"][valid] = np.where(truth.present, optics.scatter_v_per_w, 0.0)
+        signal = render_line(
+            x_um.ravel(),
+            y_um,
             power_w,
+            frame,
             col0,
             band_row0,
-            height,
+            band_start,
             arrays["a"],
             arrays["c"],
             arrays["s"],
@@ -413,13 +421,15 @@ class WaferWorld:
             arrays["exc"],
             arrays["gain"],
             arrays["scatter"],
-            0.5 * grid.chip_width_um / grid.pitch_x_um,
-            0.5 * grid.chip_height_um / grid.pitch_y_um,
-            sigma / grid.pitch_x_um,
-            sigma / grid.pitch_y_um,
+            *geometry,
             self.generation_per_w,
-            reach,
+            self._reach,
+            noise_key,
+            optics.read_noise_v,
+            optics.shot_noise_v,
+            optics.background_v,
         )
+        return signal.reshape(x_um.shape)
 
     def chip_pl_v(self, truth: ChipTruth, absorbed_w: np.ndarray) -> np.ndarray:
         """Detector volts from each chip when it absorbs ``absorbed_w`` (whole spot on the chip)."""
