@@ -44,9 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     from drivers.errors import InstrumentError
     from inspection.alignment import AlignmentError
+    from inspection.memory import retain_freed_memory
     from inspection.scanfile import ScanFileError
     from inspection.settings import SettingsError
 
+    retain_freed_memory()  # line-sized arrays come and go all the time: keep their memory mapped
     try:
         return int(args.run(args))
     except SettingsError as error:

@@ -531,11 +531,11 @@ def _drive_line(
         first_poll_s = started_s + line_s * EXPECTED_LINE_FRACTION
         while (remaining_s := first_poll_s - time.monotonic()) > 0:
             time.sleep(min(remaining_s, 0.05))
-    while detector.samples_acquired() < sample_count:
-        if time.monotonic() > deadline:
-            detector.abort()
-            raise InstrumentTimeoutError(detector.name, f"line not acquired within {timeout_s:.1f} s")
-        time.sleep(options.poll_interval_s)
+        while detector.samples_acquired() < sample_count:
+            if time.monotonic() > deadline:
+                detector.abort()
+                raise InstrumentTimeoutError(detector.name, f"line not acquired within {timeout_s:.1f} s")
+            time.sleep(options.poll_interval_s)
     samples = detector.read_samples_v(0, sample_count)
     stage.wait_idle(options.move_timeout_s)
     stage.disarm_position_trigger()

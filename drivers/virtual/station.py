@@ -37,6 +37,7 @@ from drivers.virtual.profile import WaferProfile, load_profile
 from drivers.virtual.server import LOOPBACK, ControlServer, InstrumentTwin, TwinServer
 from drivers.virtual.world import WaferWorld
 from drivers.virtual.zaber_twin import ZaberTwin
+from inspection.memory import retain_freed_memory
 
 TWINS: dict[str, type[InstrumentTwin]] = {
     "stage": ZaberTwin,
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", required=True, help="wafer profile TOML")
     parser.add_argument("--time-scale", type=float, default=0.0, help="1 = real time, 0 = as fast as possible")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # a rendered line allocates MBs of temporaries: reuse them instead of faulting them in
     bench = build_bench(load_profile(args.profile), time_scale=args.time_scale)
     server = VirtualStationServer(bench)
     print(json.dumps({"resources": server.resources, "control": server.control.port}), flush=True)
