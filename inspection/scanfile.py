@@ -1347,6 +1347,14 @@ class ScanFile:
         end = _end(records, "sample_offset", "sample_count")
         return np.asarray(self._fresh(self._pass_group(pass_index)["samples_v"])[:end], dtype=np.float32)
 
+    def samples_between(self, pass_index: int, start: int, stop: int) -> np.ndarray:
+        """Samples ``start..stop-1`` of ``pass_index`` (float32), which must lie within its complete lines: one read
+        for a run of consecutive lines (their records give the offsets)."""
+        end = _end(self._checked(pass_index), "sample_offset", "sample_count")
+        if not 0 <= start <= stop <= end:
+            raise IndexError(f"pass {pass_index}: samples {start}..{stop} are outside the complete data (0..{end})")
+        return np.asarray(self._fresh(self._pass_group(pass_index)["samples_v"])[start:stop], dtype=np.float32)
+
     def spectra_count(self) -> int:
         """Number of complete spectra."""
         return self._count("spectra")

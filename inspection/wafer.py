@@ -948,6 +948,19 @@ class WaferLayout:
         dx, dy = x - grid.origin_x_um, y - grid.origin_y_um
         return (dx * exx + dy * exy) / grid.pitch_x_um, (dx * eyx + dy * eyy) / grid.pitch_y_um
 
+    def grid_position(self, x_um: ArrayLike, y_um: ArrayLike) -> tuple[FloatArray, FloatArray]:
+        """Fractional (col, row) box indices of wafer positions: chip ``(c, r)``'s centre is at ``(c, r)``.
+
+        Examples
+        --------
+        >>> layout = WaferLayout(Substrate(100.0), ChipGrid(500.0, 500.0, 400.0, 400.0))
+        >>> col, row = layout.grid_position(250.0, 0.0)
+        >>> float(col - layout.anchor_index[0]), float(row - layout.anchor_index[1])
+        (0.5, 0.0)
+        """
+        u, v = self._grid_coordinates(x_um, y_um)
+        return u - self._box.col_offset, v - self._box.row_offset
+
     def nearest_chip(self, x_um: ArrayLike, y_um: ArrayLike) -> tuple[IntArray, IntArray]:
         """(col, row) int64 of the grid cell containing (x, y): the chip with the nearest centre.
 
