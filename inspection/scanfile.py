@@ -1183,10 +1183,15 @@ class ScanFile:
     ----------
     path : path-like
         The scan file.
+    for_update : bool
+        Open it for writing too (the analysis adds its ``/results`` group through :attr:`h5file`); refused while a
+        scan still writes the file.
 
     Attributes
     ----------
     path : Path
+    h5file : h5py.File
+        The open HDF5 file (for the analysis results; the scan data is only written by :class:`ScanFileWriter`).
     format_version : int
     uuid, created_utc, operator, lot_id, wafer_id, software_version, plan_summary : str
         As written at creation ("" where an imported file has none).
@@ -1205,7 +1210,7 @@ class ScanFile:
         Not HDF5, not a plmapper scan file, a newer format version, or damaged (the message says which).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, for_update: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no such scan file")
@@ -1215,15 +1220,21 @@ class ScanFile:
             raise ScanFileError(f"{self.path} is not an HDF5 file, so not a plmapper scan file")
         superblock = _read_superblock(self.path)
         self._swmr = superblock is not None and bool(superblock[1] & (_FLAG_WRITE | _FLAG_SWMR_WRITE))
+        if for_update and _writer_alive(self.path):
+            raise ScanFileError(f"{self.path}: a scan is still writing this file; wait until it has stopped")
+        self._swmr = self._swmr and not for_update
+        self._frozen = for_update
+        self._checked_cache: dict[int, np.ndarray] = {}
+        access = h5py.h5f.ACC_RDWR if for_update else h5py.h5f.ACC_RDONLY
         try:
             file_id = h5py.h5f.open(
                 os.fsencode(self.path),
-                h5py.h5f.ACC_RDONLY | (h5py.h5f.ACC_SWMR_READ if self._swmr else 0),
+                access | (h5py.h5f.ACC_SWMR_READ if self._swmr else 0),
                 fapl=_reader_access(),
             )
         except OSError as error:
             raise ScanFileError(f"{self.path}: HDF5 cannot open the file: {error}") from None
-        self._file = h5py.File(file_id)
+        self._file = self.h5file = h5py.File(file_id)
         try:
             self._read_header()
         except BaseException:
@@ -1508,10 +1519,15 @@ class ScanFile:
         return self._file[f"passes/{_pass_name(pass_index)}"]
 
     def _checked(self, pass_index: int) -> np.ndarray:
+        if self._frozen and pass_index in self._checked_cache:
+            return self._checked_cache[pass_index]
         group = self._pass_group(pass_index)
         count = self.lines_complete(pass_index)
         samples_extent = self._fresh(group["samples_v"]).shape[0]
-        return _checked_records(self._fresh(group["lines"]), count, samples_extent, f"{self.path} pass {pass_index}")
+        records = _checked_records(self._fresh(group["lines"]), count, samples_extent, f"{self.path} pass {pass_index}")
+        if self._frozen:  # opened for update: no writer can add lines, so the check holds for good
+            self._checked_cache[pass_index] = records
+        return records
 
     def _count(self, group_name: str) -> int:
         group = self._file.get(group_name)

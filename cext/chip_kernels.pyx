@@ -1,0 +1,749 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Per-chip kernels of the PL analysis: the samples of each chip, and each chip's neighbourhood.
+
+:func:`accumulate_lines` sums the PL samples of straight scan lines per chip of a band of the chip grid: counts,
+sums, maximum and first moments over each chip's footprint, its core and its street, and the saturated samples
+(the fields are the module's ``N_FOOT`` ... ``N_SAT``). :func:`neighbour_median` gives each chip the median of its
+eight neighbours' values, a band of rows at a time. :mod:`tests.chip_reference` holds readable NumPy versions of
+both, which define what they compute.
+
+Why :func:`accumulate_lines` is fast. Sample ``k`` of a line sits at ``col0 + k·dcol`` (and the same for rows),
+so which chip and which zone of it (street, footprint, core) a sample falls in changes only where the line
+crosses a zone edge. The kernel works out, per chip the line crosses, the sample indices of those crossings
+from a closed formula, and then sums each zone's samples in a loop that does nothing but sum: no floor(), no
+chip lookup and no zone test per sample. A formula result that could be off because of rounding (the crossing
+is within a bound on the rounding error of a whole sample index) is settled by evaluating the sample's exact
+classification, so the kernel classifies every sample exactly as the reference does: the same floating-point
+operations decide, bit for bit.
+
+Threads. The band is cut into blocks of 32 rows × 256 columns of chips, and the blocks into 8 classes (block
+row + block column, modulo 8); each class is a task, and a task walks every line but sums only the chips of its blocks, in
+line order, straight into the caller's array. A chip is only ever written by one task, always in the same
+order: the result is bit-identical from run to run and for any number of threads, and needs no scratch copy of
+the band and no merge.
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport INFINITY, NAN, fabs, floor, isfinite
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+# -- the fields -------------------------------------------------------------------------------------------------
+
+cdef enum:
+    _N_FOOT = 0  # samples on the chip's footprint
+    _SUM_FOOT = 1  # their sum (V)
+    _MAX_FOOT = 2  # their maximum (V); the caller initialises this field to -inf
+    _N_CORE = 3  # samples in the chip's core
+    _SUM_CORE = 4  # their sum (V)
+    _SUM_U = 5  # sum over footprint samples of col - c (pitch units)
+    _SUM_V = 6  # sum over footprint samples of row - r
+    _SUM_UI = 7  # sum over footprint samples of (col - c)·value
+    _SUM_VI = 8  # sum over footprint samples of (row - r)·value
+    _N_STREET = 9  # samples in the chip's cell but off its footprint
+    _SUM_STREET = 10  # their sum (V)
+    _N_SAT = 11  # saturated samples in the cell (footprint or street); counted nowhere else
+    _FIELD_COUNT = 12
+
+N_FOOT = _N_FOOT
+SUM_FOOT = _SUM_FOOT
+MAX_FOOT = _MAX_FOOT
+N_CORE = _N_CORE
+SUM_CORE = _SUM_CORE
+SUM_U = _SUM_U
+SUM_V = _SUM_V
+SUM_UI = _SUM_UI
+SUM_VI = _SUM_VI
+N_STREET = _N_STREET
+SUM_STREET = _SUM_STREET
+N_SAT = _N_SAT
+FIELD_COUNT = _FIELD_COUNT
+
+# -- geometry along one axis ------------------------------------------------------------------------------------
+
+cdef enum:
+    # blocks of 32 rows × 256 columns of chips: a raster line stays in a block for thousands of samples (the
+    # hardware prefetcher needs long runs of consecutive samples to keep up, and the block's part of acc stays in
+    # cache for the next lines) ...
+    _COL_BLOCK_SHIFT = 8
+    _ROW_BLOCK_SHIFT = 5
+    _CLASSES = 8  # ... in 8 classes: more tasks than threads, so a thread slowed by another process is made up for
+
+# a crossing index from the formula is trusted when it is further than the rounding bound from an integer; the
+# bound (in samples) must stay well below 1/2 for that to decide, beyond this the crossings are found by bisection
+cdef double _MARGIN_LIMIT = 0.25
+# 2⁻⁴⁸: 32 units of roundoff, twice what the error analysis in _axis_from needs
+cdef double _ROUNDING = 3.552713678800501e-15
+
+
+ctypedef struct _Axis:
+    # one axis (col or row) of a line: position of sample k = p0 + k·d, in pitch units
+    double p0
+    double d
+    double inv_d  # 1/d: sample index where the position is a chip centre c is (c - p0)·inv_d
+    double sign  # direction of travel along the axis (+1 for d = 0); u' = sign·(position - c) grows along the line
+    double half  # chip half size along the axis
+    double core_half  # core half size
+    double half_k  # half / |d|: samples from the centre to a footprint edge, and so on
+    double core_k
+    double cell_k  # 0.5 / |d|
+    double margin  # bound on the rounding error of a crossing index from the formula (samples)
+    bint constant  # d == 0: the sample's cell and zone are the same all along the line
+    bint bisect  # the formula cannot decide (margin too large): find crossings by bisection
+    int64_t first  # the band's first cell index on this axis
+    int64_t block_shift  # blocks are 2^block_shift cells long on this axis
+
+
+cdef enum:
+    # what a crossing is: the line leaves a cell, or enters/leaves a zone |u'| <= X (see _crossed)
+    _LEAVE_CELL = 0
+    _REACH = 1  # u' >= X
+    _PASS = 2  # u' > X
+
+
+cdef inline int64_t _floor_to_int(double x) noexcept nogil:
+    """floor(x) as an integer (|x| < 2⁶³); cheaper than libm floor without SSE4.1."""
+    cdef int64_t truncated = <int64_t>x
+    return truncated - (truncated > x)
+
+
+cdef inline double _position(const _Axis *axis, int64_t k) noexcept nogil:
+    """Position of sample k: the multiply form, so the reference gets the same double."""
+    return axis.p0 + <double>k * axis.d
+
+
+cdef inline int64_t _cell_at(const _Axis *axis, int64_t k) noexcept nogil:
+    """Index of the nearest chip centre to sample k: floor(position + 0.5), ties to the + side."""
+    return _floor_to_int(_position(axis, k) + 0.5)
+
+
+cdef inline bint _crossed(const _Axis *axis, int kind, double c, double X, int64_t k) noexcept nogil:
+    """Whether sample k is past a crossing; each kind is monotone in k (false, then true) along the line.
+
+    ``_LEAVE_CELL``: the sample's cell index is beyond ``c`` in the direction of travel. ``_REACH`` and ``_PASS``:
+    ``u' = sign·(position - c)`` is ``>= X`` and ``> X``: with ``X = -half`` and ``+half`` the line enters and leaves
+    the footprint of chip ``c``, whichever way it runs (|u| <= half is symmetric, so the same tests serve both).
+    The operations are the reference's: position, then + 0.5 and floor, or - c (exact).
+    """
+    cdef double position = _position(axis, k)
+    if kind == _LEAVE_CELL:
+        if axis.d > 0.0:
+            return position + 0.5 >= c + 1.0
+        if axis.d < 0.0:
+            return position + 0.5 < c
+        return False
+    if kind == _REACH:
+        return axis.sign * (position - c) >= X
+    return axis.sign * (position - c) > X
+
+
+cdef int64_t _bisect(const _Axis *axis, int kind, double c, double X, int64_t lo, int64_t hi) noexcept nogil:
+    """First k in [lo, hi) past the crossing, or hi: bisection on the exact test."""
+    cdef int64_t middle
+    while lo < hi:
+        middle = lo + (hi - lo) // 2
+        if _crossed(axis, kind, c, X, middle):
+            hi = middle
+        else:
+            lo = middle + 1
+    return lo
+
+
+cdef inline int64_t _first_past(const _Axis *axis, int kind, double c, double X, double estimate, int64_t lo,
+                                int64_t hi) noexcept nogil:
+    """First k in [lo, hi) past the crossing, or hi; ``estimate`` is the crossing's real-valued sample index.
+
+    The crossing is at ``estimate`` to within ``axis.margin`` (rounding of the formula and of the positions), so
+    when ``estimate`` is further than that from an integer the first sample past it is ceil(estimate); otherwise
+    it is the nearest integer or the next one, and the exact test at the nearest integer decides. Either way the
+    answer is the exact test's: the classification is the reference's, bit for bit.
+    """
+    cdef int64_t nearest, first
+    cdef double difference
+    if axis.constant:
+        return lo if _crossed(axis, kind, c, X, lo) else hi
+    if axis.bisect:
+        return _bisect(axis, kind, c, X, lo, hi)
+    if estimate <= <double>lo - 1.0:
+        return lo
+    if estimate >= <double>hi + 1.0:
+        return hi
+    nearest = _floor_to_int(estimate + 0.5)
+    difference = estimate - <double>nearest
+    if fabs(difference) > axis.margin:
+        first = nearest + (difference > 0.0)
+    elif _crossed(axis, kind, c, X, nearest):
+        first = nearest
+    else:
+        first = nearest + 1
+    return lo if first < lo else (hi if first > hi else first)
+
+
+cdef inline int64_t _leave_cell(const _Axis *axis, int64_t c, int64_t lo, int64_t hi) noexcept nogil:
+    """First k in [lo, hi) whose cell is beyond cell ``c`` in the direction of travel, or hi."""
+    cdef double centre = <double>c
+    return _first_past(axis, _LEAVE_CELL, centre, 0.0, (centre - axis.p0) * axis.inv_d + axis.cell_k, lo, hi)
+
+
+cdef inline void _cell_crossings(const _Axis *axis, int64_t c, int64_t lo, int64_t hi, int level,
+                                 int64_t *crossing) noexcept nogil:
+    """Where the line, from sample ``lo`` in cell ``c``, enters and leaves the zones of that cell.
+
+    ``crossing[0..4]``: first sample on the footprint, in the core, past the core, past the footprint, past the
+    cell; within [lo, hi] and in that order, so [lo, c0) is street, [c0, c1) footprint, [c1, c2) core, [c2, c3)
+    footprint, [c3, c4) street. ``level`` 0 finds only the cell's end (the zones are all street), 1 the footprint
+    (the core is left empty), 2 everything.
+    """
+    cdef double centre = <double>c
+    cdef double at_centre = (centre - axis.p0) * axis.inv_d  # sample index where the position is the centre
+    crossing[4] = _leave_cell(axis, c, lo, hi)
+    if level == 0:
+        crossing[0] = crossing[1] = crossing[2] = crossing[3] = crossing[4]
+        return
+    # the crossings are ordered, so each one is looked for after the previous one
+    crossing[0] = _first_past(axis, _REACH, centre, -axis.half, at_centre - axis.half_k, lo, crossing[4])
+    if level == 1:
+        crossing[3] = _first_past(axis, _PASS, centre, axis.half, at_centre + axis.half_k, crossing[0], crossing[4])
+        crossing[1] = crossing[2] = crossing[3]
+        return
+    crossing[1] = _first_past(axis, _REACH, centre, -axis.core_half, at_centre - axis.core_k, crossing[0],
+                              crossing[4])
+    crossing[2] = _first_past(axis, _PASS, centre, axis.core_half, at_centre + axis.core_k, crossing[1], crossing[4])
+    crossing[3] = _first_past(axis, _PASS, centre, axis.half, at_centre + axis.half_k, crossing[2], crossing[4])
+
+
+cdef void _axis_from(_Axis *axis, double p0, double d, int64_t count, double half, double core_half,
+                     int64_t first, int64_t block_shift) noexcept nogil:
+    """Set up one axis of a line of ``count`` samples.
+
+    Margin: with u the unit roundoff (2⁻⁵³), the formula's crossing index (c - p0)·inv_d ± X/|d| is off by at most
+    4.2u·(|c| + |p0| + |X|)/|d| samples, and a sample's position (and position + 0.5) by 3.2u·(|p0| + |k·d| + 1),
+    that is by that over |d| in samples. The formula only decides crossings within a sample of the line, whose
+    cell index is within |p0| + count·|d| + 2 of 0, so 16u·(|p0| + count·|d| + 2 + max(X))/|d| bounds both
+    errors together; the margin is twice that, with room to spare (256 for 2).
+    """
+    cdef double a = fabs(d)
+    axis.p0 = p0
+    axis.d = d
+    axis.half = half
+    axis.core_half = core_half
+    axis.first = first
+    axis.block_shift = block_shift
+    axis.constant = d == 0.0
+    axis.sign = -1.0 if d < 0.0 else 1.0
+    if axis.constant:
+        axis.inv_d = axis.half_k = axis.core_k = axis.cell_k = 0.0
+        axis.margin = 0.0
+        axis.bisect = False
+        return
+    axis.inv_d = 1.0 / d
+    axis.half_k = half / a
+    axis.core_k = core_half / a
+    axis.cell_k = 0.5 / a
+    axis.margin = _ROUNDING * (fabs(p0) + <double>count * a + 256.0 + (half if half > 0.5 else 0.5)) / a
+    # also true for an infinite or NaN margin (a subnormal step, an infinite half size)
+    axis.bisect = not (axis.margin < _MARGIN_LIMIT)
+
+
+cdef void _band_range(const _Axis *axis, int64_t cells, int64_t count, int64_t *start, int64_t *stop) noexcept nogil:
+    """Narrow [start, stop) to the samples whose cell on this axis is in [first, first + cells): an interval,
+    as the cell index is monotone along the line."""
+    cdef int64_t entry, leave
+    cdef double cell
+    if axis.constant:
+        # compared as doubles: the position may be far beyond any int64
+        cell = floor(axis.p0 + 0.5)
+        if not (cell >= <double>axis.first and cell < <double>(axis.first + cells)):
+            stop[0] = start[0]
+        return
+    if axis.d > 0.0:
+        entry = _bisect(axis, _LEAVE_CELL, <double>(axis.first - 1), 0.0, 0, count)
+        leave = _bisect(axis, _LEAVE_CELL, <double>(axis.first + cells - 1), 0.0, 0, count)
+    else:
+        entry = _bisect(axis, _LEAVE_CELL, <double>(axis.first + cells), 0.0, 0, count)
+        leave = _bisect(axis, _LEAVE_CELL, <double>axis.first, 0.0, 0, count)
+    if entry > start[0]:
+        start[0] = entry
+    if leave < stop[0]:
+        stop[0] = leave
+
+
+# -- sums over runs of samples ----------------------------------------------------------------------------------
+
+# a sample's weight in the core sums, by whether it is in the core: a table lookup is a mask without a branch
+cdef double _IN_CORE[2]
+_IN_CORE[0] = 0.0
+_IN_CORE[1] = 1.0
+
+
+ctypedef struct _Sums:
+    # one chip's sums over one run of the line through its cell
+    int64_t n  # footprint
+    double total
+    double most
+    double inner  # offset from the centre along the line's inner axis (see _Line) ...
+    double inner_v  # ... times the value
+    double outer  # the same along the outer axis
+    double outer_v
+    int64_t core_n
+    double core_total
+    int64_t street_n
+    double street_total
+    int64_t saturated
+
+
+cdef inline void _clear(_Sums *sums) noexcept nogil:
+    sums.n = sums.core_n = sums.street_n = sums.saturated = 0
+    sums.total = sums.inner = sums.inner_v = sums.outer = sums.outer_v = sums.core_total = sums.street_total = 0.0
+    sums.most = -INFINITY
+
+
+cdef inline void _sum_street(const float *values, int64_t start, int64_t stop, double saturation,
+                             _Sums *sums) noexcept nogil:
+    """Add samples [start, stop) to the street sums. Saturated: not below ``saturation``, or not finite (NaN
+    fails both tests); rare, so the branch costs nothing."""
+    cdef int64_t k, n = sums.street_n, saturated = sums.saturated
+    cdef double total = sums.street_total, value
+    for k in range(start, stop):
+        value = values[k]
+        if value < saturation and value > -INFINITY:
+            n += 1
+            total += value
+        else:
+            saturated += 1
+    sums.street_n, sums.street_total, sums.saturated = n, total, saturated
+
+
+cdef inline void _sum_foot(const float *values, int64_t start, int64_t stop, double saturation, const _Axis *inner,
+                           double centre, double core_half, _Sums *sums) noexcept nogil:
+    """Add samples [start, stop), all on the footprint, to the footprint sums, and those with |offset| <=
+    ``core_half`` to the core's (-1: none is in the core).
+
+    All samples at the same outer offset: the outer sums are made from the count and the total afterwards. The
+    core test is a mask, not a branch: the core begins and ends inside the run at places a branch predictor
+    cannot learn. The offsets are the reference's: position - centre.
+    """
+    cdef int64_t k, n = sums.n, core_n = sums.core_n, saturated = sums.saturated, in_core
+    cdef double total = sums.total, most = sums.most, offset_sum = sums.inner, moment = sums.inner_v
+    cdef double core_total = sums.core_total, p0 = inner.p0, d = inner.d, value, offset
+    cdef double index = <double>start  # k as a double, counted: exact, and cheaper than converting k
+    for k in range(start, stop):
+        value = values[k]
+        if value < saturation and value > -INFINITY:
+            offset = (p0 + index * d) - centre
+            n += 1
+            total += value
+            most = value if value > most else most
+            offset_sum += offset
+            moment += offset * value
+            in_core = fabs(offset) <= core_half
+            core_n += in_core
+            core_total += value * _IN_CORE[in_core]
+        else:
+            saturated += 1
+        index += 1.0
+    sums.n, sums.total, sums.most, sums.inner, sums.inner_v = n, total, most, offset_sum, moment
+    sums.core_n, sums.core_total, sums.saturated = core_n, core_total, saturated
+
+
+cdef inline void _sum_foot_slanted(const float *values, int64_t start, int64_t stop, double saturation,
+                                   const _Axis *inner, double centre, double core_half, const _Axis *outer,
+                                   double outer_centre, _Sums *sums) noexcept nogil:
+    """:func:`_sum_foot` for a line whose outer offset changes from sample to sample."""
+    cdef int64_t k, n = sums.n, core_n = sums.core_n, saturated = sums.saturated, in_core
+    cdef double total = sums.total, most = sums.most, offset_sum = sums.inner, moment = sums.inner_v
+    cdef double outer_sum = sums.outer, outer_moment = sums.outer_v, core_total = sums.core_total
+    cdef double p0 = inner.p0, d = inner.d, q0 = outer.p0, e = outer.d, value, offset, outer_offset
+    cdef double index = <double>start
+    for k in range(start, stop):
+        value = values[k]
+        if value < saturation and value > -INFINITY:
+            offset = (p0 + index * d) - centre
+            outer_offset = (q0 + index * e) - outer_centre
+            n += 1
+            total += value
+            most = value if value > most else most
+            offset_sum += offset
+            moment += offset * value
+            outer_sum += outer_offset
+            outer_moment += outer_offset * value
+            in_core = fabs(offset) <= core_half
+            core_n += in_core
+            core_total += value * _IN_CORE[in_core]
+        else:
+            saturated += 1
+        index += 1.0
+    sums.n, sums.total, sums.most, sums.inner, sums.inner_v = n, total, most, offset_sum, moment
+    sums.outer, sums.outer_v = outer_sum, outer_moment
+    sums.core_n, sums.core_total, sums.saturated = core_n, core_total, saturated
+
+
+# -- the line walker --------------------------------------------------------------------------------------------
+
+ctypedef struct _Job:
+    # the arguments of accumulate_lines, as the tasks read them
+    const float *samples
+    const int64_t *line_offset
+    const int64_t *line_count
+    const double *col0
+    const double *row0
+    const double *dcol
+    const double *drow
+    const int64_t *in_band  # per line, [start, stop) of the samples in the band (computed first)
+    int64_t lines
+    double half_width
+    double half_height
+    double core_half_width
+    double core_half_height
+    double saturation
+    int64_t first_col
+    int64_t first_row
+    int64_t band_rows
+    int64_t band_cols
+    double *acc
+    int64_t field_stride  # elements between fields, rows and columns of acc
+    int64_t row_stride
+
+
+ctypedef struct _Line:
+    # one line as a task walks it: the axis whose cell changes more often is the inner one (cols for raster
+    # lines): a run of constant outer cell and zone holds many inner cells
+    _Axis inner
+    _Axis outer
+    bint inner_is_col
+    const float *values  # the line's samples
+
+
+cdef inline void _axes(const _Job *job, int64_t j, _Line *line) noexcept nogil:
+    cdef int64_t count = job.line_count[j]
+    line.inner_is_col = fabs(job.dcol[j]) >= fabs(job.drow[j])
+    if line.inner_is_col:
+        _axis_from(&line.inner, job.col0[j], job.dcol[j], count, job.half_width, job.core_half_width,
+                   job.first_col, _COL_BLOCK_SHIFT)
+        _axis_from(&line.outer, job.row0[j], job.drow[j], count, job.half_height, job.core_half_height,
+                   job.first_row, _ROW_BLOCK_SHIFT)
+    else:
+        _axis_from(&line.inner, job.row0[j], job.drow[j], count, job.half_height, job.core_half_height,
+                   job.first_row, _ROW_BLOCK_SHIFT)
+        _axis_from(&line.outer, job.col0[j], job.dcol[j], count, job.half_width, job.core_half_width,
+                   job.first_col, _COL_BLOCK_SHIFT)
+    line.values = job.samples + job.line_offset[j]
+
+
+cdef void _find_band(const _Job *job, int64_t j, int64_t *in_band) noexcept nogil:
+    """[start, stop) of line j's samples whose chip is in the band; empty for a line with a non-finite start
+    or step (the reference's positions are then NaN or infinite: no chip)."""
+    cdef int64_t count = job.line_count[j]
+    cdef _Axis col, row
+    in_band[0] = 0
+    in_band[1] = count
+    if not (isfinite(job.col0[j]) and isfinite(job.row0[j]) and isfinite(job.dcol[j]) and isfinite(job.drow[j])):
+        in_band[1] = 0
+        return
+    _axis_from(&col, job.col0[j], job.dcol[j], count, job.half_width, job.core_half_width, job.first_col,
+               _COL_BLOCK_SHIFT)
+    _axis_from(&row, job.row0[j], job.drow[j], count, job.half_height, job.core_half_height, job.first_row,
+               _ROW_BLOCK_SHIFT)
+    _band_range(&col, job.band_cols, count, &in_band[0], &in_band[1])
+    _band_range(&row, job.band_rows, count, &in_band[0], &in_band[1])
+
+
+cdef inline void _store(const _Job *job, const _Line *line, int64_t outer_cell, int64_t inner_cell,
+                        const _Sums *sums) noexcept nogil:
+    """Add one chip's sums (from one run of the line through its cell) to acc."""
+    cdef int64_t row, col
+    cdef double *chip
+    cdef int64_t f = job.field_stride
+    if line.inner_is_col:
+        row, col = outer_cell - job.first_row, inner_cell - job.first_col
+    else:
+        row, col = inner_cell - job.first_row, outer_cell - job.first_col
+    chip = job.acc + row * job.row_stride + col
+    chip[_N_STREET * f] += sums.street_n
+    chip[_SUM_STREET * f] += sums.street_total
+    chip[_N_SAT * f] += sums.saturated
+    if sums.n == 0:
+        return
+    chip[_N_FOOT * f] += sums.n
+    chip[_SUM_FOOT * f] += sums.total
+    if sums.most > chip[_MAX_FOOT * f]:
+        chip[_MAX_FOOT * f] = sums.most
+    chip[_N_CORE * f] += sums.core_n
+    chip[_SUM_CORE * f] += sums.core_total
+    if line.inner_is_col:
+        chip[_SUM_U * f] += sums.inner
+        chip[_SUM_UI * f] += sums.inner_v
+        chip[_SUM_V * f] += sums.outer
+        chip[_SUM_VI * f] += sums.outer_v
+    else:
+        chip[_SUM_V * f] += sums.inner
+        chip[_SUM_VI * f] += sums.inner_v
+        chip[_SUM_U * f] += sums.outer
+        chip[_SUM_UI * f] += sums.outer_v
+
+
+cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int level, int64_t start,
+                     int64_t stop) noexcept nogil:
+    """Sum samples [start, stop), all in one outer cell and outer zone (``level``: 0 street, 1 footprint but not
+    core, 2 core), chip by chip along the inner axis."""
+    cdef const _Axis *inner = &line.inner
+    cdef const _Axis *outer = &line.outer
+    cdef const float *values = line.values
+    cdef double saturation = job.saturation
+    cdef double core_half = inner.core_half if level == 2 else -1.0
+    cdef int64_t crossing[5]
+    cdef int64_t k = start, c = _cell_at(inner, start)
+    cdef int64_t step = -1 if inner.d < 0.0 else 1
+    cdef double centre, outer_centre = <double>outer_cell, outer_offset
+    cdef bint slanted = not outer.constant
+    # a line that moves less than half a cell per sample goes from a cell to the next one: its cell index is
+    # counted, so the crossings of a cell do not wait for those of the one before
+    cdef bint counted = fabs(inner.d) <= 0.5
+    cdef _Sums sums
+    # along a chip row every sample has the same offset across the line
+    outer_offset = _position(outer, start) - outer_centre
+    while k < stop:
+        centre = <double>c
+        _cell_crossings(inner, c, k, stop, 1 if level else 0, crossing)
+        _clear(&sums)
+        _sum_street(values, k, crossing[0], saturation, &sums)
+        if crossing[3] > crossing[0]:
+            if slanted:
+                _sum_foot_slanted(values, crossing[0], crossing[3], saturation, inner, centre, core_half, outer,
+                                  outer_centre, &sums)
+            else:
+                _sum_foot(values, crossing[0], crossing[3], saturation, inner, centre, core_half, &sums)
+                sums.outer = outer_offset * sums.n
+                sums.outer_v = outer_offset * sums.total
+        _sum_street(values, crossing[3], crossing[4], saturation, &sums)
+        _store(job, line, outer_cell, c, &sums)
+        k = crossing[4]
+        if k < stop:
+            c = c + step if counted else _cell_at(inner, k)
+
+
+cdef void _sum_blocks(const _Job *job, const _Line *line, int64_t outer_cell, int level, int64_t start,
+                      int64_t stop, int64_t task) noexcept nogil:
+    """Sum the samples of [start, stop) (one outer cell and zone) that fall in blocks of class ``task``."""
+    cdef const _Axis *inner = &line.inner
+    cdef int64_t outer_block = (outer_cell - line.outer.first) >> line.outer.block_shift
+    cdef int64_t k = start, block, owner, ahead, edge, block_stop, size = 1 << inner.block_shift
+    cdef bint forward = inner.d >= 0.0
+    while k < stop:
+        block = (_cell_at(inner, k) - inner.first) >> inner.block_shift
+        owner = (block + outer_block) % _CLASSES
+        if owner != task:
+            if inner.constant:
+                return
+            # the class goes up by one per block along +inner: jump straight to the next block of this task
+            ahead = (task - owner + _CLASSES) % _CLASSES if forward else (owner - task + _CLASSES) % _CLASSES
+            if forward:
+                edge = inner.first + (block + ahead) * size - 1  # the last cell before that block
+            else:
+                edge = inner.first + (block - ahead + 1) * size  # the first cell after it
+            k = _leave_cell(inner, edge, k, stop)
+            continue
+        edge = inner.first + (block + 1) * size - 1 if forward else inner.first + block * size
+        block_stop = _leave_cell(inner, edge, k, stop)
+        _sum_cells(job, line, outer_cell, level, k, block_stop)
+        k = block_stop
+
+
+cdef void _walk(const _Job *job, int64_t task) noexcept nogil:
+    """Sum, line after line, the samples that fall in the blocks of class ``task``."""
+    cdef _Line line
+    cdef int64_t j, k, stop, r, run_start, run_stop, z
+    cdef int64_t crossing[5]
+    # the outer zone of each run between crossings: street, footprint, core, footprint, street
+    cdef int level[5]
+    level[0] = level[4] = 0
+    level[1] = level[3] = 1
+    level[2] = 2
+    for j in range(job.lines):
+        k = job.in_band[2 * j]
+        stop = job.in_band[2 * j + 1]
+        if k >= stop:
+            continue
+        _axes(job, j, &line)
+        while k < stop:
+            r = _cell_at(&line.outer, k)
+            _cell_crossings(&line.outer, r, k, stop, 2, crossing)
+            run_start = k
+            for z in range(5):
+                run_stop = crossing[z]
+                if run_stop > run_start:
+                    _sum_blocks(job, &line, r, level[z], run_start, run_stop, task)
+                    run_start = run_stop
+            k = crossing[4]
+
+
+def accumulate_lines(
+    const float[:] samples_v,
+    const int64_t[:] line_offset,
+    const int64_t[:] line_count,
+    const double[:] col0,
+    const double[:] row0,
+    const double[:] dcol,
+    const double[:] drow,
+    double half_width,
+    double half_height,
+    double core_half_width,
+    double core_half_height,
+    double saturation_v,
+    int64_t first_col,
+    int64_t first_row,
+    double[:, :, ::1] acc,
+):
+    """Add the samples of straight scan lines to per-chip sums over a band of the chip grid.
+
+    Sample ``k`` of line ``j`` is at grid position (col, row) = (col0[j] + k·dcol[j], row0[j] + k·drow[j]), in
+    chip pitches with chip (c, r) centred at integer (c, r). Its chip is the nearest centre, (floor(col + 0.5),
+    floor(row + 0.5)); with u = col - c and v = row - r it is on the chip's footprint when |u| <= half_width and
+    |v| <= half_height, in its core when also |u| <= core_half_width and |v| <= core_half_height, and on its street
+    otherwise. A sample ``>= saturation_v``, or not finite, is saturated: it counts in ``N_SAT`` only. Samples
+    whose chip is outside the band are left out. :func:`tests.chip_reference.accumulate_lines_reference` is the
+    definition; this classifies every sample exactly as it does and gets the sums to rounding (the order of
+    summation differs).
+
+    The result does not depend on the threads: bit-identical from run to run, whatever the thread count. It
+    needs no memory beyond 16 bytes per line (each chip is summed by one task, straight into ``acc``).
+
+    Parameters
+    ----------
+    samples_v
+        The lines' samples, concatenated (a strided array is copied first).
+    line_offset, line_count
+        First sample of line j in ``samples_v``, and its number of samples.
+    col0, row0, dcol, drow
+        Grid position of sample 0 of line j, and the step per sample. A line with a non-finite one is left out.
+    half_width, half_height
+        Chip half size, pitch units (>= 0; at 0.5 or more the footprint fills the cell).
+    core_half_width, core_half_height
+        Half size of the chip's core (0 <= core <= chip).
+    saturation_v
+        Saturation level: samples at or above it are saturated (NaN: every sample is).
+    first_col, first_row
+        The band: ``acc[:, i, k]`` is chip (first_col + k, first_row + i).
+    acc
+        (FIELD_COUNT, band rows, band cols) float64, added to (not cleared): ``acc[N_FOOT]`` ... ``acc[N_SAT]``.
+        ``acc[MAX_FOOT]`` is a running maximum: start it at -inf.
+    """
+    cdef int64_t lines = line_offset.shape[0], j, total = samples_v.shape[0], task
+    if not (line_count.shape[0] == col0.shape[0] == row0.shape[0] == dcol.shape[0] == drow.shape[0] == lines):
+        raise ValueError("line_offset, line_count, col0, row0, dcol and drow must have one element per line")
+    if acc.shape[0] != _FIELD_COUNT:
+        raise ValueError(f"acc must have FIELD_COUNT ({_FIELD_COUNT}) fields, not {acc.shape[0]}")
+    if not (0.0 <= core_half_width <= half_width and 0.0 <= core_half_height <= half_height):
+        raise ValueError("need 0 <= core half size <= chip half size, in both directions")
+    if acc.strides[0] % sizeof(double) or acc.strides[1] % sizeof(double):
+        raise ValueError("acc's strides must be whole elements")
+    # the per-line arrays are small; copies make them contiguous for the tasks
+    offsets = np.ascontiguousarray(line_offset, dtype=np.int64)
+    counts = np.ascontiguousarray(line_count, dtype=np.int64)
+    cdef const int64_t[::1] offset_c = offsets
+    cdef const int64_t[::1] count_c = counts
+    for j in range(lines):
+        if count_c[j] < 0 or offset_c[j] < 0 or offset_c[j] > total - count_c[j]:
+            raise ValueError(f"line {j}: samples [{offset_c[j]}, {offset_c[j] + count_c[j]}) are not in samples_v")
+    if lines == 0 or acc.shape[1] == 0 or acc.shape[2] == 0:
+        return
+    cdef const float[::1] values = np.ascontiguousarray(samples_v) if total else np.zeros(1, dtype=np.float32)
+    cdef const double[::1] col0_c = np.ascontiguousarray(col0)
+    cdef const double[::1] row0_c = np.ascontiguousarray(row0)
+    cdef const double[::1] dcol_c = np.ascontiguousarray(dcol)
+    cdef const double[::1] drow_c = np.ascontiguousarray(drow)
+    cdef _Job job
+    job.samples = &values[0]
+    job.line_offset = &offset_c[0]
+    job.line_count = &count_c[0]
+    job.col0, job.row0, job.dcol, job.drow = &col0_c[0], &row0_c[0], &dcol_c[0], &drow_c[0]
+    job.lines = lines
+    job.half_width, job.half_height = half_width, half_height
+    job.core_half_width, job.core_half_height = core_half_width, core_half_height
+    job.saturation = saturation_v
+    job.first_col, job.first_row = first_col, first_row
+    job.band_rows, job.band_cols = acc.shape[1], acc.shape[2]
+    job.acc = &acc[0, 0, 0]
+    job.field_stride = acc.strides[0] // sizeof(double)
+    job.row_stride = acc.strides[1] // sizeof(double)
+    cdef int64_t *in_band = <int64_t *> malloc(2 * lines * sizeof(int64_t))
+    if in_band == NULL:
+        raise MemoryError()
+    job.in_band = in_band
+    try:
+        with nogil:
+            for j in prange(lines, schedule="static", num_threads=2):
+                _find_band(&job, j, &in_band[2 * j])
+            for task in prange(_CLASSES, schedule="dynamic", chunksize=1, num_threads=2):
+                _walk(&job, task)
+    finally:
+        free(in_band)
+
+
+# -- neighbour median -------------------------------------------------------------------------------------------
+
+cdef void _median_row(const float[:, ::1] values, float[:, ::1] out, int64_t row, int64_t out_row) noexcept nogil:
+    """Neighbour medians of one row: ``values[row]`` into ``out[out_row]``."""
+    cdef double found[8]
+    cdef double value, held
+    cdef int64_t rows = values.shape[0], cols = values.shape[1], col, r, c, i
+    cdef int count
+    for col in range(cols):
+        count = 0
+        for r in range(row - 1, row + 2):
+            if r < 0 or r >= rows:
+                continue
+            for c in range(col - 1, col + 2):
+                if c < 0 or c >= cols or (r == row and c == col):
+                    continue
+                value = values[r, c]
+                if not isfinite(value):
+                    continue
+                # insertion sort as they come: at most 8
+                i = count
+                while i > 0 and found[i - 1] > value:
+                    found[i] = found[i - 1]
+                    i -= 1
+                found[i] = value
+                count += 1
+        if count == 0:
+            out[out_row, col] = NAN
+        elif count % 2:
+            out[out_row, col] = <float>found[count // 2]
+        else:
+            # in double, then rounded once: the two floats' sum is exact there
+            held = 0.5 * (found[count // 2 - 1] + found[count // 2])
+            out[out_row, col] = <float>held
+
+
+def neighbour_median(const float[:, ::1] values, float[:, ::1] out, int64_t first_row_out=0):
+    """Median of each chip's up to 8 neighbours' finite values, for a band of rows.
+
+    ``out[i]`` is for row ``first_row_out + i`` of ``values``. A neighbour that is not finite, or not in
+    ``values`` at all, is missing; no neighbour gives NaN; an even count gives the mean of the two middle values
+    (in double precision, rounded once to float32). The chip's own value is not used, so a chip with a NaN value
+    still gets its neighbours' median.
+
+    Streaming over row bands: for the rows [r0, r1) of a map with R rows, pass ``values = map[max(r0 - 1, 0) :
+    min(r1 + 1, R)]`` (one halo row each side where the map has one), ``first_row_out = r0 - max(r0 - 1, 0)``
+    and an ``out`` of r1 - r0 rows: the result equals that of the whole map. (With ``out`` the shape of ``values``
+    and ``first_row_out = 0`` every row of ``values`` is done, the halo rows as if the map ended there.)
+
+    Parameters
+    ----------
+    values
+        Per-chip values, (rows, cols) float32; NaN for no chip or not measured.
+    out
+        (rows of the band, cols) float32, written.
+    first_row_out
+        The row of ``values`` that ``out[0]`` is for.
+    """
+    cdef int64_t rows = out.shape[0], i
+    if out.shape[1] != values.shape[1]:
+        raise ValueError("out must have as many columns as values")
+    if first_row_out < 0 or first_row_out + rows > values.shape[0]:
+        raise ValueError("out's rows must be rows of values: 0 <= first_row_out <= len(values) - len(out)")
+    for i in prange(rows, nogil=True, schedule="static", num_threads=2):
+        _median_row(values, out, first_row_out + i, i)
