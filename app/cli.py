@@ -14,8 +14,12 @@ Export a virtual wafer's ground truth and EL reference results (tests and model 
 
     plmapper station truth --profile resources/profiles/demo-2in.toml --out truth.h5
 
-Exit codes: 0 success, 1 a check failed, 2 bad arguments or input files, 3 an instrument error, 4 a scan stopped
-before the end (the file is resumable).
+Analyse scan files (per-chip results into each file's /results group)::
+
+    plmapper analyze scans/W01.h5
+
+Exit codes: 0 success, 1 a check failed (station check; a chip grid that does not match in analyze), 2 bad
+arguments or input files, 3 an instrument error, 4 a scan stopped before the end (the file is resumable).
 """
 
 from __future__ import annotations
@@ -89,6 +93,16 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--operator", default=os.environ.get("USER", "operator"), help="operator name")
     scan.add_argument("--resume", action="store_true", help="continue the interrupted scan in --out")
     scan.set_defaults(run=_scan)
+    analyze = commands.add_parser(
+        "analyze",
+        help="per-chip measurements from scan files",
+        description="Run the PL pipeline on scan files: per-chip intensity, efficiency ratio, neighbour ratio and "
+        "spectrum fits, stored in each file's /results group (earlier results are replaced).",
+        epilog="example: plmapper analyze scans/W01.h5 scans/W02.h5",
+    )
+    analyze.add_argument("files", type=Path, nargs="+", help="scan files (HDF5)")
+    analyze.add_argument("--memory-mb", type=float, default=512.0, help="working memory bound (default: %(default)s)")
+    analyze.set_defaults(run=_analyze)
     station = commands.add_parser("station", help="check, serve or inspect the station").add_subparsers(
         title="station commands"
     )
@@ -180,6 +194,40 @@ def _scan(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"resume with: plmapper scan --resume --out {outcome.path}", file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted else EXIT_SCAN_INCOMPLETE
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from inspection.pipeline import AnalysisSettings, RegistrationError, analyze_scan
+
+    try:
+        settings = AnalysisSettings(memory_mb=args.memory_mb)
+    except ValueError as error:
+        print(f"plmapper: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    failed = 0
+    for path in args.files:
+        last_print = [0.0]
+
+        def show(fraction: float, message: str, last_print: list[float] = last_print) -> None:
+            if time.monotonic() - last_print[0] >= 1.0:
+                last_print[0] = time.monotonic()
+                print(f"  {fraction:4.0%}  {message}", flush=True)
+
+        print(f"{path}:", flush=True)
+        try:
+            summary = analyze_scan(path, settings, progress=show)
+        except RegistrationError as error:
+            print(f"plmapper: {path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        for index, result in enumerate(summary.passes):
+            print(
+                f"  pass {index}: {result.power_w * 1e3:g} mW, {result.lines} lines, {result.chips_measured:,} chips "
+                f"measured, dark {result.dark_v * 1e3:.2f} mV, bidirectional offset "
+                f"{result.bidirectional_offset_um:+.2f} µm, laser power spread {result.power_spread:.1%}"
+            )
+        print(f"  {summary.spectra} spectra fitted; {summary.seconds:.1f} s")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 def _station_check(args: argparse.Namespace) -> int:

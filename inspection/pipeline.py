@@ -22,10 +22,11 @@ For every pass (one excitation power) of a scan:
    level, and quality flags (:class:`ChipFlag`). The dark level is the detector's reading with no chip under the
    spot, from the dimmest samples of the pass: a chip's own street is no background, since the spot's tails
    light it from the chips on either side (about 10 % of their PL with an 8 µm spot and a 40 µm street).
-5. **Line phase (raster scans).** The raster line nearest a chip's centre is 0 to half a line pitch away from it,
-   and a line further off puts less of the spot on the chip. The pipeline measures that loss from the data, as the
-   median intensity of the chips in each band of line offsets over the wafer's median (the offsets vary
-   pseudo-randomly over a wafer, so no chip property correlates with them), and divides it out.
+5. **Sampling phase.** Where the samples fall on a chip changes what its core mean sees: the raster line
+   nearest its centre is 0 to half a line pitch away, and along the line the samples sit anywhere within one
+   sample pitch of the centre; a spot further off the centre puts less light on the chip. The pipeline measures
+   that loss from the data, as the median intensity of the chips in each phase bin over the wafer's median (the
+   phases vary pseudo-randomly over a wafer, so no chip property correlates with them), and divides it out.
 6. **Derived:** efficiency (intensity per watt), the low/high-power efficiency ratio (the leakage signature) and
    each chip's intensity relative to the median of its 8 neighbours (so process gradients do not pass for
    defects).
@@ -229,6 +230,8 @@ class _PassLines:
     offsets: np.ndarray
     counts: np.ndarray
     gains: np.ndarray
+    plan: np.ndarray  # the lines' LINE_DTYPE records (stage frame)
+    bidirectional_offset_um: float
 
     @property
     def row_lo(self) -> np.ndarray:
@@ -294,8 +297,12 @@ REGISTRATION_SEGMENTS = 6
 """Places along the lines at which the chip comb's position is checked (a wrong pitch moves it between them)."""
 DARK_LINES = 200
 """Lines sampled for a pass's dark level."""
-PHASE_BINS = 8
-"""Bands of line offset (0 .. half a line pitch) in which the line-phase loss is measured."""
+LINE_BINS = 8
+"""Bins of line offset (0 .. half a line pitch) in which the sampling-phase loss is measured (raster scans)."""
+SAMPLE_BINS = 8
+"""Bins of sample phase along the line (one sample pitch) in which it is measured."""
+MIN_PHASE_CHIPS = 400
+"""Fewest chips in a phase bin for its loss to be measured."""
 PHASE_BANDS = 8
 """Sample bands, spread over the wafer, on which the line-phase loss is measured before a pass is processed."""
 PHASE_BAND_ROWS = 64
@@ -426,7 +433,7 @@ class _Analysis:
         registration_col, registration_row = self._check_registration(pass_index, geometry, offsets, counts)
         gains, spread = _drift_gains(records, settings.drift_exponent)
         dark_v = self._dark_level(pass_index, offsets, counts)
-        lines = _PassLines(pass_index, geometry, offsets, counts, gains)
+        lines = _PassLines(pass_index, geometry, offsets, counts, gains, plan, offset_um)
         loss = self._line_phase_loss(lines, power_w, dark_v)
 
         dataset = self.group.create_dataset(
@@ -446,7 +453,7 @@ class _Analysis:
             )
             chips = self._finish_band(self._accumulate(lines, first_row, last_row), first_row, power_w, dark_v)
             if loss is not None:
-                divisor = loss[self._offset_bins(first_row, last_row)]
+                divisor = loss[self._phase_bins(lines, first_row, last_row)]
                 chips["intensity_v"] /= divisor
                 chips["efficiency_v_per_w"] /= divisor
             measured += int(np.count_nonzero(chips["core_samples"]))
@@ -587,25 +594,40 @@ class _Analysis:
         dimmest = np.partition(samples, max(1, samples.size // 500))[: max(1, samples.size // 500)]
         return float(np.median(dimmest))
 
-    def _line_offsets_um(self, first_row: int, last_row: int) -> np.ndarray | None:
-        """For raster scans, each chip's distance to the nearest line (µm, 0..line pitch / 2); else None."""
-        sampling = self.recipe.sampling
-        if sampling.mode is not ScanMode.RASTER:
-            return None
+    def _phase_bins(self, lines: _PassLines, first_row: int, last_row: int) -> np.ndarray:
+        """Each chip's sampling phase as one bin index: how far the line that samples its core passes from its
+        centre (raster scans: LINE_BINS bins over 0 .. half a line pitch) times where along that line the samples
+        fall relative to its centre (SAMPLE_BINS bins over one sample pitch)."""
         rows, cols = np.mgrid[first_row:last_row, 0 : self.shape[1]]
-        x_um, y_um = self.layout.chip_center_um(cols, rows)
-        _, stage_y = self.placement.wafer_to_stage(x_um, y_um)
-        pitch = sampling.line_pitch_um
-        first_line_y = float(self.scan.plan_lines["y_start_um"][0]) if self.scan.plan_lines.size else 0.0
-        return np.abs(wrap_array((stage_y - first_line_y) / pitch)) * pitch
+        stage_x, stage_y = self.placement.wafer_to_stage(*self.layout.chip_center_um(cols, rows))
+        plan = lines.plan
+        if self.recipe.sampling.mode is ScanMode.RASTER:
+            position = (stage_y - float(plan["y_start_um"][0])) / self.recipe.sampling.line_pitch_um
+            line = np.clip(np.round(position).astype(np.int64), 0, plan.size - 1)
+            line_bin = np.minimum((np.abs(wrap_array(position)) * 2 * LINE_BINS).astype(np.int64), LINE_BINS - 1)
+        else:  # one line per chip row, through the centres
+            geometry = lines.geometry
+            row_of_line = np.round(geometry.row0 + geometry.drow * (lines.counts - 1) / 2).astype(np.int64)
+            line_of_row = np.zeros(self.shape[0], dtype=np.int64)
+            inside = (row_of_line >= 0) & (row_of_line < self.shape[0])
+            line_of_row[row_of_line[inside]] = np.flatnonzero(inside)
+            line = line_of_row[rows]
+            line_bin = np.zeros(rows.shape, dtype=np.int64)
+        start_x, start_y = plan["x_start_um"][line], plan["y_start_um"][line]
+        step_x, step_y = plan["x_stop_um"][line] - start_x, plan["y_stop_um"][line] - start_y
+        length = np.maximum(np.hypot(step_x, step_y), 1e-9)
+        along_um = ((stage_x - start_x) * step_x + (stage_y - start_y) * step_y) / length
+        sample = (along_um - lines.bidirectional_offset_um) / self.sample_pitch_um
+        sample_bin = np.minimum(((sample - np.floor(sample)) * SAMPLE_BINS).astype(np.int64), SAMPLE_BINS - 1)
+        return line_bin * SAMPLE_BINS + sample_bin
 
     def _line_phase_loss(self, lines: _PassLines, power_w: float, dark_v: float) -> np.ndarray | None:
-        """The intensity lost to the line phase (module docstring, step 5) per band of line offsets, measured on
-        PHASE_BANDS sample bands spread over the wafer; None when the lines run through the chip centres."""
-        if self.recipe.sampling.mode is not ScanMode.RASTER:
-            return None
-        rows = min(PHASE_BAND_ROWS, self.shape[0])
-        starts = np.unique(np.linspace(0, self.shape[0] - rows, PHASE_BANDS).astype(np.int64))
+        """The intensity lost to the sampling phase (module docstring, step 5) per phase bin (:meth:`_phase_bins`),
+        measured on PHASE_BANDS sample bands spread over the rows the lines cover; None with too few chips."""
+        covered_low = int(np.clip(np.floor(lines.row_lo.min()), 0, self.shape[0] - 1))
+        covered_high = int(np.clip(np.ceil(lines.row_hi.max()) + 1, covered_low + 1, self.shape[0]))
+        rows = min(PHASE_BAND_ROWS, covered_high - covered_low)
+        starts = np.unique(np.linspace(covered_low, covered_high - rows, PHASE_BANDS).astype(np.int64))
         values, bins = [], []
         for start in starts.tolist():
             # the same chips whatever the memory setting: a sample band larger than a band is done in pieces
@@ -615,21 +637,23 @@ class _Analysis:
                 chips = self._finish_band(acc, first_row, power_w, dark_v)
                 good = (chips["flags"] == 0) & np.isfinite(chips["intensity_v"])
                 values.append(chips["intensity_v"][good])
-                bins.append(self._offset_bins(first_row, last_row)[good])
-        value, offset_bin = np.concatenate(values), np.concatenate(bins)
-        if value.size < PHASE_BINS * 50:
+                bins.append(self._phase_bins(lines, first_row, last_row)[good])
+        value, phase_bin = np.concatenate(values), np.concatenate(bins)
+        if value.size < LINE_BINS * MIN_PHASE_CHIPS:
             return None  # too few chips to measure the loss: the intensities stay as measured
+        if value.size < LINE_BINS * SAMPLE_BINS * MIN_PHASE_CHIPS:
+            phase_bin = phase_bin // SAMPLE_BINS * SAMPLE_BINS  # too few for both: line offset only
         overall = float(np.median(value))
-        return np.array(
-            [np.median(value[offset_bin == b]) / overall if np.any(offset_bin == b) else 1.0 for b in range(PHASE_BINS)]
+        filled = np.bincount(phase_bin, minlength=LINE_BINS * SAMPLE_BINS)
+        loss = np.array(
+            [
+                np.median(value[phase_bin == b]) / overall if filled[b] >= MIN_PHASE_CHIPS else math.nan
+                for b in range(LINE_BINS * SAMPLE_BINS)
+            ]
         )
+        merged = loss[np.arange(loss.size) // SAMPLE_BINS * SAMPLE_BINS]  # the line-offset-only value
+        return np.where(np.isfinite(loss), loss, np.where(np.isfinite(merged), merged, 1.0))
 
-    def _offset_bins(self, first_row: int, last_row: int) -> np.ndarray:
-        half_pitch = self.recipe.sampling.line_pitch_um / 2
-        offsets = self._line_offsets_um(first_row, last_row)
-        return np.minimum((offsets / half_pitch * PHASE_BINS).astype(np.int64), PHASE_BINS - 1)
-
-    # -- geometry checks -------------------------------------------------------------------------------------------
     def _estimation_lines(self, counts: np.ndarray, forward: np.ndarray | None = None) -> np.ndarray:
         """Up to ESTIMATION_LINES of the longest lines (the wafer's middle), optionally of one direction."""
         candidates = np.flatnonzero(counts > 16) if forward is None else np.flatnonzero((counts > 16) & forward)
