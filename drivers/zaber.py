@@ -553,7 +553,9 @@ class ZaberXMCC(Instrument, Stage):
         step = self.microstep_um[axis]
         lowest, highest = (data / ACCEL_DATA_PER_MICROSTEP_S2 * step for data in (1, MAX_ACCEL_DATA))
         acceleration = strict_range(lowest, highest, unit="µm/s²")("acceleration_um_s2", acceleration_um_s2)
-        data = round(acceleration / step * ACCEL_DATA_PER_MICROSTEP_S2)
+        # rounded up: a move planned with this acceleration must not ramp longer than planned (the unit is coarse,
+        # ~1 mm/s² per data step on fine-pitch axes)
+        data = math.ceil(acceleration / step * ACCEL_DATA_PER_MICROSTEP_S2 - 1e-9)
         self._send_setting(axis, "accel", data)
 
     def acceleration_um_s2(self, axis: Axis) -> float:

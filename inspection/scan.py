@@ -508,9 +508,8 @@ def _drive_line(
 ) -> LineAcquisition:
     start_readback = _xy_readback(stage)
     for axis, _, share in moving:
-        # speed and acceleration in proportion: both axes follow one time profile, so the path is straight
         stage.set_velocity_um_s(axis, motion.velocity_um_s * share)
-        stage.set_acceleration_um_s2(axis, motion.accel_um_s2 * max(share, MIN_ACCELERATION_SHARE))
+    _set_line_accelerations(stage, moving, motion)
     detector.configure_triggered_acquisition(motion.sample_rate_hz, sample_count)
     detector.arm()
     index = 0 if abs(direction[0]) >= abs(direction[1]) else 1
@@ -541,6 +540,28 @@ def _drive_line(
     stage.disarm_position_trigger()
     stop_readback = _xy_readback(stage)
     return LineAcquisition(samples, start_readback, stop_readback)
+
+
+def _set_line_accelerations(stage: Stage, moving: list[tuple[Axis, float, float]], motion: LineMotion) -> None:
+    """Accelerations that give every moving axis the same ramp time, so the path is straight from the trigger on.
+
+    Speeds are in proportion to the line's direction; accelerations must be too. A controller stores them in
+    coarse units (the Zaber's is about 1.2 mm/s² on our axes), which for the slow axis of a slightly slanted line
+    is a 10 % error: its ramp then ends milliseconds after the fast axis', and the whole line runs micrometres
+    beside its plan. So the slow axis gets its share (at least MIN_ACCELERATION_SHARE), the value it really took
+    is read back, and the fast axes are set to ramp in exactly the same time (never above MAX_ACCELERATION_FACTOR
+    times the planned acceleration; a ramp that short only happens when the slow axis barely moves).
+    """
+    if len(moving) == 1:
+        stage.set_acceleration_um_s2(moving[0][0], motion.accel_um_s2)
+        return
+    slow_axis, _, slow_share = min(moving, key=lambda item: item[2])
+    stage.set_acceleration_um_s2(slow_axis, motion.accel_um_s2 * max(slow_share, MIN_ACCELERATION_SHARE))
+    ramp_s = motion.velocity_um_s * slow_share / stage.acceleration_um_s2(slow_axis)
+    for axis, _, share in moving:
+        if axis is not slow_axis:
+            wanted = motion.velocity_um_s * share / ramp_s
+            stage.set_acceleration_um_s2(axis, min(wanted, MAX_ACCELERATION_FACTOR * motion.accel_um_s2))
 
 
 def _xy_readback(stage: Stage) -> tuple[float, float]:
@@ -638,5 +659,8 @@ TRAVEL_SPEED_UM_S = 100_000.0
 """Speed of moves between lines (a line's own speed when faster)."""
 
 MIN_ACCELERATION_SHARE = 0.002
-"""Floor of an axis' share of the line acceleration: stages cannot accelerate arbitrarily slowly, and an axis
-with so small a share moves so slowly that reaching its speed early shifts the path by well under 1 µm."""
+"""Floor of the slow axis' share of the line acceleration (stages cannot accelerate arbitrarily slowly); the fast
+axis is then matched to it (see ``_set_line_accelerations``)."""
+
+MAX_ACCELERATION_FACTOR = 4.0
+"""The fast axis of a slanted line never accelerates harder than this times the planned acceleration."""
