@@ -8,24 +8,28 @@ eight neighbours' values, a band of rows at a time. :mod:`tests.chip_reference` 
 both, which define what they compute.
 
 Why :func:`accumulate_lines` is fast. Sample ``k`` of a line sits at ``col0 + k·dcol`` (and the same for rows),
-so which chip and which zone of it (street, footprint, core) a sample falls in changes only where the line
-crosses a zone edge. The kernel works out, per chip the line crosses, the sample indices of those crossings
-from a closed formula, and then sums each zone's samples in a loop that does nothing but sum: no floor(), no
-chip lookup and no zone test per sample. A formula result that could be off because of rounding (the crossing
-is within a bound on the rounding error of a whole sample index) is settled by evaluating the sample's exact
-classification, so the kernel classifies every sample exactly as the reference does: the same floating-point
-operations decide, bit for bit.
+so the chip and the zone (street, footprint, core) a sample falls in change only where the line crosses a zone
+edge. For each chip the line crosses, the kernel works out the sample indices of those crossings from a closed
+formula (for 64 chips at a time, side by side: no chip's crossings wait for the chip before), then sums the
+chip's street and footprint samples in loops that do nothing but sum (the core, a run inside the footprint's, is
+an index mask): no floor(), no chip lookup and no position test per sample. A crossing that rounding could put
+on the wrong sample (the formula's value is within a bound on its rounding error of an integer) is settled by
+the exact test on that sample, so every sample is classified exactly as the reference does: the same
+floating-point operations decide, bit for bit. Lines along chip rows are the fast case; any direction works
+(lines that move more than half a cell per sample, or too little for the formula to decide, go cell by cell
+with exact tests and bisection).
 
 Threads. The band is cut into blocks of 32 rows × 256 columns of chips, and the blocks into 8 classes (block
-row + block column, modulo 8); each class is a task, and a task walks every line but sums only the chips of its blocks, in
-line order, straight into the caller's array. A chip is only ever written by one task, always in the same
-order: the result is bit-identical from run to run and for any number of threads, and needs no scratch copy of
-the band and no merge.
+row + block column, modulo 8); each class is a task, and a task walks every line but sums only the chips of its
+blocks, in line order, straight into the caller's array. A chip is only ever written by one task, always in the
+same order: the result is bit-identical from run to run and for any number of threads, and needs no scratch
+copy of the band and no merge. On a machine shared with other busy processes, run with
+``OMP_WAIT_POLICY=passive``: by default a thread out of work spins, and takes CPU from the one still working.
 """
 
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, NAN, fabs, floor, isfinite
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import numpy as np
@@ -70,12 +74,15 @@ cdef enum:
     _COL_BLOCK_SHIFT = 8
     _ROW_BLOCK_SHIFT = 5
     _CLASSES = 8  # ... in 8 classes: more tasks than threads, so a thread slowed by another process is made up for
+    _CHUNK_CELLS = 64  # cells whose crossings are worked out together (see _sum_cells)
 
 # a crossing index from the formula is trusted when it is further than the rounding bound from an integer; the
 # bound (in samples) must stay well below 1/2 for that to decide, beyond this the crossings are found by bisection
 cdef double _MARGIN_LIMIT = 0.25
 # 2⁻⁴⁸: 32 units of roundoff, twice what the error analysis in _axis_from needs
 cdef double _ROUNDING = 3.552713678800501e-15
+# 1.5·2⁵²: x + this - this is x rounded to an integer, for |x| < 2⁵¹
+cdef double _ROUND_TO_INTEGER = 6755399441055744.0
 
 
 ctypedef struct _Axis:
@@ -151,17 +158,29 @@ cdef int64_t _bisect(const _Axis *axis, int kind, double c, double X, int64_t lo
     return lo
 
 
-cdef inline int64_t _first_past(const _Axis *axis, int kind, double c, double X, double estimate, int64_t lo,
-                                int64_t hi) noexcept nogil:
-    """First k in [lo, hi) past the crossing, or hi; ``estimate`` is the crossing's real-valued sample index.
+cdef inline int64_t _past_estimate(const _Axis *axis, int kind, double c, double X, double estimate) noexcept nogil:
+    """First sample past the crossing whose real-valued sample index the formula puts at ``estimate``.
 
     The crossing is at ``estimate`` to within ``axis.margin`` (rounding of the formula and of the positions), so
     when ``estimate`` is further than that from an integer the first sample past it is ceil(estimate); otherwise
     it is the nearest integer or the next one, and the exact test at the nearest integer decides. Either way the
-    answer is the exact test's: the classification is the reference's, bit for bit.
+    answer is the exact test's: the classification is the reference's, bit for bit. Only for an axis in formula
+    mode (not constant, not bisect) and an estimate within the line (or near it: |estimate| < 2⁵¹).
     """
-    cdef int64_t nearest, first
-    cdef double difference
+    # the nearest integer by adding and taking away 1.5·2⁵²: two additions where floor() would be a call or
+    # three conversions (the default rounding, to nearest, is assumed; a tie is within the margin anyway)
+    cdef double nearest = (estimate + _ROUND_TO_INTEGER) - _ROUND_TO_INTEGER
+    cdef double difference = estimate - nearest
+    cdef int64_t whole = <int64_t>nearest
+    if fabs(difference) > axis.margin:
+        return whole + (difference > 0.0)
+    return whole if _crossed(axis, kind, c, X, whole) else whole + 1
+
+
+cdef inline int64_t _first_past(const _Axis *axis, int kind, double c, double X, double estimate, int64_t lo,
+                                int64_t hi) noexcept nogil:
+    """First k in [lo, hi) past the crossing, or hi; ``estimate`` as for :func:`_past_estimate`."""
+    cdef int64_t first
     if axis.constant:
         return lo if _crossed(axis, kind, c, X, lo) else hi
     if axis.bisect:
@@ -170,14 +189,7 @@ cdef inline int64_t _first_past(const _Axis *axis, int kind, double c, double X,
         return lo
     if estimate >= <double>hi + 1.0:
         return hi
-    nearest = _floor_to_int(estimate + 0.5)
-    difference = estimate - <double>nearest
-    if fabs(difference) > axis.margin:
-        first = nearest + (difference > 0.0)
-    elif _crossed(axis, kind, c, X, nearest):
-        first = nearest
-    else:
-        first = nearest + 1
+    first = _past_estimate(axis, kind, c, X, estimate)
     return lo if first < lo else (hi if first > hi else first)
 
 
@@ -317,15 +329,16 @@ cdef inline void _sum_street(const float *values, int64_t start, int64_t stop, d
 
 
 cdef inline void _sum_foot(const float *values, int64_t start, int64_t stop, double saturation, const _Axis *inner,
-                           double centre, double core_half, _Sums *sums) noexcept nogil:
-    """Add samples [start, stop), all on the footprint, to the footprint sums, and those with |offset| <=
-    ``core_half`` to the core's (-1: none is in the core).
+                           double centre, int64_t core_start, int64_t core_stop, _Sums *sums) noexcept nogil:
+    """Add samples [start, stop), all on the footprint, to the footprint sums, and those of [core_start,
+    core_stop) also to the core's.
 
     All samples at the same outer offset: the outer sums are made from the count and the total afterwards. The
-    core test is a mask, not a branch: the core begins and ends inside the run at places a branch predictor
-    cannot learn. The offsets are the reference's: position - centre.
+    core is a mask (integer compare, table lookup), not a branch or a loop of its own: where it begins and ends
+    inside the run is more than a branch predictor can learn. The offsets are the reference's: position - centre.
     """
     cdef int64_t k, n = sums.n, core_n = sums.core_n, saturated = sums.saturated, in_core
+    cdef uint64_t core_length = <uint64_t>(core_stop - core_start)
     cdef double total = sums.total, most = sums.most, offset_sum = sums.inner, moment = sums.inner_v
     cdef double core_total = sums.core_total, p0 = inner.p0, d = inner.d, value, offset
     cdef double index = <double>start  # k as a double, counted: exact, and cheaper than converting k
@@ -338,7 +351,7 @@ cdef inline void _sum_foot(const float *values, int64_t start, int64_t stop, dou
             most = value if value > most else most
             offset_sum += offset
             moment += offset * value
-            in_core = fabs(offset) <= core_half
+            in_core = <uint64_t>(k - core_start) < core_length
             core_n += in_core
             core_total += value * _IN_CORE[in_core]
         else:
@@ -349,10 +362,11 @@ cdef inline void _sum_foot(const float *values, int64_t start, int64_t stop, dou
 
 
 cdef inline void _sum_foot_slanted(const float *values, int64_t start, int64_t stop, double saturation,
-                                   const _Axis *inner, double centre, double core_half, const _Axis *outer,
-                                   double outer_centre, _Sums *sums) noexcept nogil:
+                                   const _Axis *inner, double centre, int64_t core_start, int64_t core_stop,
+                                   const _Axis *outer, double outer_centre, _Sums *sums) noexcept nogil:
     """:func:`_sum_foot` for a line whose outer offset changes from sample to sample."""
     cdef int64_t k, n = sums.n, core_n = sums.core_n, saturated = sums.saturated, in_core
+    cdef uint64_t core_length = <uint64_t>(core_stop - core_start)
     cdef double total = sums.total, most = sums.most, offset_sum = sums.inner, moment = sums.inner_v
     cdef double outer_sum = sums.outer, outer_moment = sums.outer_v, core_total = sums.core_total
     cdef double p0 = inner.p0, d = inner.d, q0 = outer.p0, e = outer.d, value, offset, outer_offset
@@ -369,7 +383,7 @@ cdef inline void _sum_foot_slanted(const float *values, int64_t start, int64_t s
             moment += offset * value
             outer_sum += outer_offset
             outer_moment += outer_offset * value
-            in_core = fabs(offset) <= core_half
+            in_core = <uint64_t>(k - core_start) < core_length
             core_n += in_core
             core_total += value * _IN_CORE[in_core]
         else:
@@ -484,44 +498,89 @@ cdef inline void _store(const _Job *job, const _Line *line, int64_t outer_cell, 
         chip[_SUM_UI * f] += sums.outer_v
 
 
+cdef inline void _sum_cell(const _Job *job, const _Line *line, int64_t outer_cell, int64_t c, int64_t start,
+                           const int64_t *crossing, double outer_offset) noexcept nogil:
+    """Sum one cell's samples [start, crossing[4]) (see :func:`_cell_crossings`) and add them to acc."""
+    cdef const float *values = line.values
+    cdef double saturation = job.saturation, centre = <double>c
+    cdef _Sums sums
+    _clear(&sums)
+    _sum_street(values, start, crossing[0], saturation, &sums)
+    if crossing[3] > crossing[0]:
+        if line.outer.constant:
+            _sum_foot(values, crossing[0], crossing[3], saturation, &line.inner, centre, crossing[1], crossing[2],
+                      &sums)
+            sums.outer = outer_offset * sums.n
+            sums.outer_v = outer_offset * sums.total
+        else:
+            _sum_foot_slanted(values, crossing[0], crossing[3], saturation, &line.inner, centre, crossing[1],
+                              crossing[2], &line.outer, <double>outer_cell, &sums)
+    _sum_street(values, crossing[3], crossing[4], saturation, &sums)
+    _store(job, line, outer_cell, c, &sums)
+
+
+cdef inline int64_t _clamp(int64_t value, int64_t low, int64_t high) noexcept nogil:
+    return low if value < low else (high if value > high else value)
+
+
 cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int level, int64_t start,
                      int64_t stop) noexcept nogil:
     """Sum samples [start, stop), all in one outer cell and outer zone (``level``: 0 street, 1 footprint but not
     core, 2 core), chip by chip along the inner axis."""
     cdef const _Axis *inner = &line.inner
-    cdef const _Axis *outer = &line.outer
-    cdef const float *values = line.values
-    cdef double saturation = job.saturation
-    cdef double core_half = inner.core_half if level == 2 else -1.0
     cdef int64_t crossing[5]
-    cdef int64_t k = start, c = _cell_at(inner, start)
+    cdef int64_t leave[_CHUNK_CELLS]
+    cdef int64_t reach_foot[_CHUNK_CELLS]
+    cdef int64_t pass_foot[_CHUNK_CELLS]
+    cdef int64_t reach_core[_CHUNK_CELLS]
+    cdef int64_t pass_core[_CHUNK_CELLS]
+    cdef int64_t k = start, c = _cell_at(inner, start), i, cells
     cdef int64_t step = -1 if inner.d < 0.0 else 1
-    cdef double centre, outer_centre = <double>outer_cell, outer_offset
-    cdef bint slanted = not outer.constant
-    # a line that moves less than half a cell per sample goes from a cell to the next one: its cell index is
-    # counted, so the crossings of a cell do not wait for those of the one before
-    cdef bint counted = fabs(inner.d) <= 0.5
-    cdef _Sums sums
+    cdef double centre, at_centre
     # along a chip row every sample has the same offset across the line
-    outer_offset = _position(outer, start) - outer_centre
+    cdef double outer_offset = _position(&line.outer, start) - <double>outer_cell
+    # a line that moves at most half a cell per sample goes from each cell to the next one
+    cdef bint chunked = not inner.constant and not inner.bisect and fabs(inner.d) <= 0.5
     while k < stop:
+        if not chunked:
+            _cell_crossings(inner, c, k, stop, level, crossing)
+            _sum_cell(job, line, outer_cell, c, k, crossing, outer_offset)
+            k = crossing[4]
+            if k < stop:
+                c = _cell_at(inner, k)
+            continue
+        # the crossings of the next cells first, each from its own cell index: computed side by side, where one
+        # cell at a time each would wait for the cell before it (their loops' ends depend on them)
+        cells = <int64_t>(<double>(stop - k) * fabs(inner.d)) + 2
+        cells = cells if cells < _CHUNK_CELLS else _CHUNK_CELLS
         centre = <double>c
-        _cell_crossings(inner, c, k, stop, 1 if level else 0, crossing)
-        _clear(&sums)
-        _sum_street(values, k, crossing[0], saturation, &sums)
-        if crossing[3] > crossing[0]:
-            if slanted:
-                _sum_foot_slanted(values, crossing[0], crossing[3], saturation, inner, centre, core_half, outer,
-                                  outer_centre, &sums)
+        for i in range(cells):
+            at_centre = (centre - inner.p0) * inner.inv_d
+            leave[i] = _past_estimate(inner, _LEAVE_CELL, centre, 0.0, at_centre + inner.cell_k)
+            if level:
+                reach_foot[i] = _past_estimate(inner, _REACH, centre, -inner.half, at_centre - inner.half_k)
+                pass_foot[i] = _past_estimate(inner, _PASS, centre, inner.half, at_centre + inner.half_k)
+            if level == 2:
+                reach_core[i] = _past_estimate(inner, _REACH, centre, -inner.core_half, at_centre - inner.core_k)
+                pass_core[i] = _past_estimate(inner, _PASS, centre, inner.core_half, at_centre + inner.core_k)
+            centre += inner.sign
+        for i in range(cells):
+            crossing[4] = leave[i] if leave[i] < stop else stop
+            if level:
+                crossing[0] = _clamp(reach_foot[i], k, crossing[4])
+                crossing[3] = _clamp(pass_foot[i], crossing[0], crossing[4])
             else:
-                _sum_foot(values, crossing[0], crossing[3], saturation, inner, centre, core_half, &sums)
-                sums.outer = outer_offset * sums.n
-                sums.outer_v = outer_offset * sums.total
-        _sum_street(values, crossing[3], crossing[4], saturation, &sums)
-        _store(job, line, outer_cell, c, &sums)
-        k = crossing[4]
-        if k < stop:
-            c = c + step if counted else _cell_at(inner, k)
+                crossing[0] = crossing[3] = crossing[4]
+            if level == 2:
+                crossing[1] = _clamp(reach_core[i], crossing[0], crossing[3])
+                crossing[2] = _clamp(pass_core[i], crossing[1], crossing[3])
+            else:
+                crossing[1] = crossing[2] = crossing[3]
+            _sum_cell(job, line, outer_cell, c, k, crossing, outer_offset)
+            k = crossing[4]
+            c += step
+            if k >= stop:
+                break
 
 
 cdef void _sum_blocks(const _Job *job, const _Line *line, int64_t outer_cell, int level, int64_t start,
@@ -684,38 +743,81 @@ def accumulate_lines(
 
 # -- neighbour median -------------------------------------------------------------------------------------------
 
-cdef void _median_row(const float[:, ::1] values, float[:, ::1] out, int64_t row, int64_t out_row) noexcept nogil:
-    """Neighbour medians of one row: ``values[row]`` into ``out[out_row]``."""
-    cdef double found[8]
-    cdef double value, held
-    cdef int64_t rows = values.shape[0], cols = values.shape[1], col, r, c, i
+cdef inline void _order(float *a, float *b) noexcept nogil:
+    """Put a, b in order: min and max instructions, no branch (on locals, once inlined: registers)."""
+    cdef float x = a[0], y = b[0]
+    # written as minss and maxss compute them (no NaN comes here), so that the compiler uses them
+    a[0] = x if x < y else y
+    b[0] = x if x > y else y
+
+
+cdef inline float _finite_or_inf(float value, int *count) noexcept nogil:
+    """The value when finite (counted), else +inf: it sorts after every finite value."""
+    if value - value == 0.0:  # false for NaN and ±inf
+        count[0] += 1
+        return value
+    return INFINITY
+
+
+cdef void _median_row(const float *above, const float *row, const float *below, float *out,
+                      int64_t cols) noexcept nogil:
+    """Neighbour medians of one row (``above``/``below`` NULL where the map has no such row)."""
+    cdef float v0, v1, v2, v3, v4, v5, v6, v7
+    cdef float ordered[8]
     cdef int count
+    cdef int64_t col
+    cdef double middle
     for col in range(cols):
+        # the 8 neighbours, missing or not finite ones as +inf (they sort last, uncounted) ...
         count = 0
-        for r in range(row - 1, row + 2):
-            if r < 0 or r >= rows:
-                continue
-            for c in range(col - 1, col + 2):
-                if c < 0 or c >= cols or (r == row and c == col):
-                    continue
-                value = values[r, c]
-                if not isfinite(value):
-                    continue
-                # insertion sort as they come: at most 8
-                i = count
-                while i > 0 and found[i - 1] > value:
-                    found[i] = found[i - 1]
-                    i -= 1
-                found[i] = value
-                count += 1
+        v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = INFINITY
+        if col > 0:
+            v0 = _finite_or_inf(row[col - 1], &count)
+            if above != NULL:
+                v1 = _finite_or_inf(above[col - 1], &count)
+            if below != NULL:
+                v2 = _finite_or_inf(below[col - 1], &count)
+        if col + 1 < cols:
+            v3 = _finite_or_inf(row[col + 1], &count)
+            if above != NULL:
+                v4 = _finite_or_inf(above[col + 1], &count)
+            if below != NULL:
+                v5 = _finite_or_inf(below[col + 1], &count)
+        if above != NULL:
+            v6 = _finite_or_inf(above[col], &count)
+        if below != NULL:
+            v7 = _finite_or_inf(below[col], &count)
+        # ... in order by the 19-comparator sorting network for 8 values: in registers and without a branch, where
+        # an insertion sort would branch on every comparison
+        _order(&v0, &v2)
+        _order(&v1, &v3)
+        _order(&v4, &v6)
+        _order(&v5, &v7)
+        _order(&v0, &v4)
+        _order(&v1, &v5)
+        _order(&v2, &v6)
+        _order(&v3, &v7)
+        _order(&v0, &v1)
+        _order(&v2, &v3)
+        _order(&v4, &v5)
+        _order(&v6, &v7)
+        _order(&v2, &v4)
+        _order(&v3, &v5)
+        _order(&v1, &v4)
+        _order(&v3, &v6)
+        _order(&v1, &v2)
+        _order(&v3, &v4)
+        _order(&v5, &v6)
+        ordered[0], ordered[1], ordered[2], ordered[3] = v0, v1, v2, v3
+        ordered[4], ordered[5], ordered[6], ordered[7] = v4, v5, v6, v7
         if count == 0:
-            out[out_row, col] = NAN
+            out[col] = NAN
         elif count % 2:
-            out[out_row, col] = <float>found[count // 2]
+            out[col] = ordered[count // 2]
         else:
             # in double, then rounded once: the two floats' sum is exact there
-            held = 0.5 * (found[count // 2 - 1] + found[count // 2])
-            out[out_row, col] = <float>held
+            middle = 0.5 * (<double>ordered[count // 2 - 1] + <double>ordered[count // 2])
+            out[col] = <float>middle
 
 
 def neighbour_median(const float[:, ::1] values, float[:, ::1] out, int64_t first_row_out=0):
@@ -745,5 +847,12 @@ def neighbour_median(const float[:, ::1] values, float[:, ::1] out, int64_t firs
         raise ValueError("out must have as many columns as values")
     if first_row_out < 0 or first_row_out + rows > values.shape[0]:
         raise ValueError("out's rows must be rows of values: 0 <= first_row_out <= len(values) - len(out)")
+    if rows == 0 or values.shape[1] == 0:
+        return
+    cdef int64_t total = values.shape[0], cols = values.shape[1], row
+    cdef const float *first = &values[0, 0]
+    cdef float *result = &out[0, 0]
     for i in prange(rows, nogil=True, schedule="static", num_threads=2):
-        _median_row(values, out, first_row_out + i, i)
+        row = first_row_out + i
+        _median_row(first + (row - 1) * cols if row > 0 else NULL, first + row * cols,
+                    first + (row + 1) * cols if row + 1 < total else NULL, result + i * cols, cols)

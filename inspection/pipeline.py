@@ -396,8 +396,8 @@ class _Analysis:
         line_spacing_um = sampling.line_pitch_um if sampling.mode is ScanMode.RASTER else grid.pitch_y_um
         self.sample_area_um2 = self.sample_pitch_um * line_spacing_um
         self.usable = self.layout.usable_mask()
-        # scratch per chip row: the accumulators, two per-thread copies in the kernel, the finished records
-        per_row = self.shape[1] * (3 * kernels.FIELD_COUNT * 8 + CHIP_DTYPE.itemsize + 16)
+        # memory per chip row: the accumulators and the finished records (the kernel keeps no copies)
+        per_row = self.shape[1] * (kernels.FIELD_COUNT * 8 + CHIP_DTYPE.itemsize + 16)
         self.band_rows = int(max(1, min(self.shape[0], settings.memory_mb * 2**20 * 0.6 // per_row)))
         self.sample_budget = int(settings.memory_mb * 2**20 * 0.4 // 4)
         self.chunks = (min(64, self.shape[0]), min(1024, self.shape[1]))

@@ -106,12 +106,14 @@ def neighbour_median_reference(values: np.ndarray) -> np.ndarray:
     rows, cols = values.shape
     padded = np.full((rows + 2, cols + 2), np.nan)
     padded[1:-1, 1:-1] = np.where(np.isfinite(values), values, np.nan)
-    neighbours = np.stack([
-        padded[1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols]
-        for dr in (-1, 0, 1)
-        for dc in (-1, 0, 1)
-        if (dr, dc) != (0, 0)
-    ])
+    neighbours = np.stack(
+        [
+            padded[1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols]
+            for dr in (-1, 0, 1)
+            for dc in (-1, 0, 1)
+            if (dr, dc) != (0, 0)
+        ]
+    )
     ordered = np.sort(neighbours, axis=0)  # NaN last
     count = np.isfinite(neighbours).sum(axis=0)
     low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[None], axis=0)[0]

@@ -1,0 +1,334 @@
+"""Benchmark: the per-chip kernel (``cext.chip_kernels.accumulate_lines``) against NumPy, SciPy, scikit-image
+and OpenCV doing less, and against a pure read of the samples.
+
+One run, one data set: a synthetic raster scan of 2,000 lines × 100,000 float32 samples (0.8 GB) over a grid of
+20 µm-pitch chips (14 µm chips, core half the chip) at 2 µm sampling and 10 µm line pitch: 10 × 2 samples per
+chip cell, 1,000 × 10,000 chips; every other line runs through the chip cores, the others along the streets.
+The grid is aligned with the lines (what OpenCV's block means and ``np.add.reduceat`` need).
+
+Measured, each as the median of several runs taken in turn (another process may share the CPU), and printed
+with its ratio to the kernel:
+
+* the kernel, in bands of chip rows as the analysis pipeline calls it: all 12 fields (footprint, core, street,
+  moments, saturation) for every chip; the accumulator's initialisation (zeros, -inf) on its own line;
+* per-chip footprint sum + count with NumPy: ``np.bincount`` on a precomputed label image (the label image,
+  computed per sample as the kernel's geometry defines it, timed on its own and added), and
+  ``np.add.reduceat`` over the footprint runs of each line (no label image: only for a grid-aligned scan);
+* ``scipy.ndimage.mean`` (sum and count per label) on the same label image;
+* scikit-image ``regionprops_table`` (area, intensity_mean) on the same label image, on a subset of the rows
+  (it takes Python time per chip), compared per sample;
+* OpenCV ``cv2.resize(..., INTER_AREA)``: each chip cell's mean by block averaging (whole cells, street included,
+  float32: OpenCV has no per-label reduction, so this is a simpler job than the footprint sums);
+* a pure read of the same array (``arr.sum()``): the memory-bandwidth floor.
+
+Targets from the product spec: kernel >= 5x the best NumPy/SciPy version, >= 50x regionprops_table, within 2x of
+the pure read. Exits non-zero only on an error (a result that does not match), never on a timing.
+
+Run: ``python bench/bench_chip_kernel.py`` (about a minute and 7 GB of memory).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+# OpenMP threads that wait for work sleep instead of spinning: on a machine shared with another busy process a
+# spinning thread takes CPU from the one still working (measured: 3x the CPU time and 4x the wall time of the
+# kernel). Read when the OpenMP runtime loads, so before the kernels are imported; the pipeline should run so too.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from skimage.measure import regionprops_table
+
+from cext import chip_kernels as kernels
+
+LINES = 2000
+SAMPLES = 100_000
+PITCH_UM = 20.0
+CHIP_UM = 14.0
+SAMPLE_PITCH_UM = 2.0
+LINE_PITCH_UM = 10.0
+HALF = 0.5 * CHIP_UM / PITCH_UM  # 0.35 pitch
+CORE_HALF = 0.5 * HALF
+DCOL = SAMPLE_PITCH_UM / PITCH_UM  # 0.1 pitch per sample: 10 samples per cell
+DROW = LINE_PITCH_UM / PITCH_UM  # 0.5 pitch per line: 2 lines per cell
+COL0 = -0.44  # sample k of every line at col = -0.44 + 0.1·k: 7 footprint samples of 10 per cell
+ROW0 = -0.1  # line j at row = -0.1 + 0.5·j: one line through the cores, the next along the street
+COLS = int(np.floor(COL0 + (SAMPLES - 1) * DCOL + 0.5)) + 1
+ROWS = int(np.floor(ROW0 + (LINES - 1) * DROW + 0.5)) + 1
+SATURATION_V = 12.0
+BAND_ROWS = 16  # chip rows per kernel call: the band's accumulators (15 MB) stay in the L3 cache
+REPEATS = 5
+REGIONPROPS_ROWS = 4  # chip rows that regionprops_table gets
+
+
+def make_image() -> np.ndarray:
+    """PL-like raster: each chip's footprint at its own level around 1 V, streets at 50 mV, 10 mV noise."""
+    rng = np.random.default_rng(0)
+    level = rng.normal(1.0, 0.1, (ROWS, COLS)).astype(np.float32)
+    col = COL0 + np.arange(SAMPLES) * DCOL
+    c = np.floor(col + 0.5).astype(np.int64)
+    on_col = np.abs(col - c) <= HALF
+    image = np.empty((LINES, SAMPLES), dtype=np.float32)
+    for j in range(LINES):
+        row = ROW0 + j * DROW
+        r = int(np.floor(row + 0.5))
+        line = rng.normal(0.05, 0.01, SAMPLES).astype(np.float32)
+        if abs(row - r) <= HALF:
+            line[on_col] += level[r, c[on_col]]
+        image[j] = line
+    return image
+
+
+def label_image(image: np.ndarray) -> np.ndarray:
+    """Each sample's chip id (row·COLS + col) when on a chip's footprint, else ROWS·COLS: per sample, from the
+    same positions as the kernel (works for rotated grids too), 64 lines at a time."""
+    labels = np.empty(image.shape, dtype=np.intp)
+    k = np.arange(SAMPLES, dtype=np.float64)
+    for first in range(0, LINES, 64):
+        j = np.arange(first, min(first + 64, LINES))
+        col = COL0 + k[None, :] * DCOL + 0 * j[:, None]
+        row = (ROW0 + j * DROW)[:, None] + k[None, :] * 0.0
+        c = np.floor(col + 0.5)
+        r = np.floor(row + 0.5)
+        on = (np.abs(col - c) <= HALF) & (np.abs(row - r) <= HALF)
+        labels[first : first + j.size] = np.where(on, r * COLS + c, ROWS * COLS).astype(np.intp)
+    return labels
+
+
+def band_accumulators() -> dict[int, np.ndarray]:
+    """The accumulators of a band, by its number of chip rows (made once: the pipeline reuses them too)."""
+    heights = {min(BAND_ROWS, ROWS - first) for first in range(0, ROWS, BAND_ROWS)}
+    return {height: np.zeros((kernels.FIELD_COUNT, height, COLS)) for height in heights}
+
+
+def kernel_run(image: np.ndarray, acc: dict[int, np.ndarray], *, init_only: bool = False) -> np.ndarray:
+    """accumulate_lines band by band; returns the footprint sums of the whole grid."""
+    flat = image.reshape(-1)
+    footprint_sum = np.empty((ROWS, COLS))
+    row_of_line = np.floor(ROW0 + np.arange(LINES) * DROW + 0.5).astype(np.int64)
+    ones = np.ones(LINES)
+    for first in range(0, ROWS, BAND_ROWS):
+        last = min(first + BAND_ROWS, ROWS)
+        band = acc[last - first]
+        band.fill(0.0)
+        band[kernels.MAX_FOOT] = -np.inf
+        if init_only:
+            continue
+        lines = np.flatnonzero((row_of_line >= first) & (row_of_line < last))
+        kernels.accumulate_lines(
+            flat, lines * SAMPLES, np.full(lines.size, SAMPLES, dtype=np.int64), COL0 * ones[lines],
+            ROW0 + lines * DROW, DCOL * ones[lines], 0.0 * ones[lines], HALF, HALF, CORE_HALF, CORE_HALF,
+            SATURATION_V, 0, first, band,
+        )  # fmt: skip
+        footprint_sum[first:last] = band[kernels.SUM_FOOT]
+    return footprint_sum
+
+
+def kernel_calls_only(image: np.ndarray, acc: dict[int, np.ndarray]) -> tuple[float, float]:
+    """Wall and CPU (all threads) seconds spent inside accumulate_lines for the whole image (the accumulators
+    reset outside the clock)."""
+    flat = image.reshape(-1)
+    row_of_line = np.floor(ROW0 + np.arange(LINES) * DROW + 0.5).astype(np.int64)
+    ones = np.ones(LINES)
+    spent = cpu = 0.0
+    for first in range(0, ROWS, BAND_ROWS):
+        last = min(first + BAND_ROWS, ROWS)
+        band = acc[last - first]
+        band.fill(0.0)
+        band[kernels.MAX_FOOT] = -np.inf
+        lines = np.flatnonzero((row_of_line >= first) & (row_of_line < last))
+        arguments = (
+            flat, lines * SAMPLES, np.full(lines.size, SAMPLES, dtype=np.int64), COL0 * ones[lines],
+            ROW0 + lines * DROW, DCOL * ones[lines], 0.0 * ones[lines], HALF, HALF, CORE_HALF, CORE_HALF,
+            SATURATION_V, 0, first, band,
+        )  # fmt: skip
+        started, cpu_started = time.perf_counter(), time.process_time()
+        kernels.accumulate_lines(*arguments)
+        spent += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
+    return spent, cpu
+
+
+def bincount_sums(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = labels.reshape(-1)
+    sums = np.bincount(flat, weights=image.reshape(-1), minlength=ROWS * COLS + 1)
+    counts = np.bincount(flat, minlength=ROWS * COLS + 1)
+    return sums[:-1].reshape(ROWS, COLS), counts[:-1].reshape(ROWS, COLS)
+
+
+def reduceat_sums(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Footprint sums by np.add.reduceat over each line's footprint runs, then over the lines of each chip row:
+    no label image, but only for lines along the grid with the same start and step."""
+    col = COL0 + np.arange(SAMPLES) * DCOL
+    c = np.floor(col + 0.5)
+    on = np.abs(col - c) <= HALF
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], on, [False]]).astype(np.int8)))
+    starts, stops = edges[0::2], edges[1::2]
+    run_cells = c[starts].astype(np.int64)
+    row = ROW0 + np.arange(LINES) * DROW
+    r = np.floor(row + 0.5)
+    on_lines = np.flatnonzero(np.abs(row - r) <= HALF)
+    # reduceat sums [starts[i], starts[i + 1]): interleave the run ends so every other segment is a footprint run
+    bounds = np.stack([starts, np.minimum(stops, SAMPLES - 1)], axis=1).reshape(-1)
+    sums = np.zeros((ROWS, COLS))
+    counts = np.zeros((ROWS, COLS))
+    for first in range(0, on_lines.size, 256):
+        chosen = on_lines[first : first + 256]
+        runs = np.add.reduceat(image[chosen], bounds, axis=1, dtype=np.float64)[:, 0::2]
+        rows = r[chosen].astype(np.int64)
+        np.add.at(sums, (rows[:, None], run_cells[None, :]), runs)
+        np.add.at(counts, (rows[:, None], run_cells[None, :]), (stops - starts)[None, :])
+    return sums, counts
+
+
+def ndimage_means(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return ndimage.mean(image, labels, index=np.arange(ROWS * COLS))
+
+
+def regionprops_subset(image: np.ndarray, labels: np.ndarray) -> dict:
+    lines = 2 * REGIONPROPS_ROWS
+    subset = labels[:lines]
+    # regionprops wants labels >= 1 with 0 for the background
+    relabelled = np.where(subset == ROWS * COLS, 0, subset + 1)
+    return regionprops_table(relabelled, intensity_image=image[:lines], properties=("label", "area", "intensity_mean"))
+
+
+def opencv_cell_means(image: np.ndarray) -> np.ndarray:
+    """Each chip cell's mean (10 × 2 samples, integer factors: exact block means) by INTER_AREA, 128 lines at a
+    time."""
+    out = np.empty((ROWS, COLS), dtype=np.float32)
+    for first in range(0, LINES, 128):
+        block = image[first : first + 128]
+        out[first // 2 : first // 2 + block.shape[0] // 2] = cv2.resize(
+            block, (COLS, block.shape[0] // 2), interpolation=cv2.INTER_AREA
+        )
+    return out
+
+
+def timed(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    load_before = os.getloadavg()[0]
+    print(f"chip kernel benchmark: {LINES:,} lines x {SAMPLES:,} samples float32 ({LINES * SAMPLES * 4 / 1e9:.2f} GB), "
+          f"{PITCH_UM:g} um pitch, {CHIP_UM:g} um chips, {SAMPLE_PITCH_UM:g} um sampling, {LINE_PITCH_UM:g} um line "
+          f"pitch: {ROWS:,} x {COLS:,} chips")  # fmt: skip
+    started = time.perf_counter()
+    image = make_image()
+    acc = band_accumulators()
+    print(f"data made in {time.perf_counter() - started:.1f} s; load average {load_before:.2f} "
+          f"(2 cores; another process may use them: medians of {REPEATS} runs, methods in turn)")  # fmt: skip
+
+    # -- correctness: every method's per-chip footprint sums agree --------------------------------------------
+    started = time.perf_counter()
+    labels = label_image(image)
+    label_s = time.perf_counter() - started
+    reference_sums, reference_counts = bincount_sums(image, labels)
+    kernel_sums = kernel_run(image, acc)
+    reduce_sums, reduce_counts = reduceat_sums(image)
+    means = ndimage_means(image, labels)
+    cells = opencv_cell_means(image)
+    props = regionprops_subset(image, labels)
+    errors = []
+    if not np.allclose(kernel_sums, reference_sums, rtol=1e-9, atol=1e-9):
+        errors.append("kernel footprint sums differ from bincount's")
+    if not np.allclose(reduce_sums, reference_sums, rtol=1e-9, atol=1e-9) or (reduce_counts != reference_counts).any():
+        errors.append("reduceat footprint sums differ from bincount's")
+    with np.errstate(invalid="ignore"):
+        expected_means = reference_sums.ravel() / reference_counts.ravel()
+    if not np.allclose(means, expected_means, rtol=1e-9, equal_nan=True):
+        errors.append("ndimage.mean differs from bincount's sum / count")
+    chosen = props["label"] - 1
+    if not np.allclose(props["intensity_mean"], expected_means[chosen], rtol=1e-5):
+        errors.append("regionprops_table means differ from bincount's")
+    # OpenCV's cells hold street samples too: compare with a direct block mean
+    direct = image.reshape(ROWS, 2, COLS, 10).mean(axis=(1, 3), dtype=np.float64)
+    if not np.allclose(cells, direct, rtol=1e-5, atol=1e-6):
+        errors.append("OpenCV block means differ from NumPy's")
+    if errors:
+        for error in errors:
+            print("ERROR:", error)
+        return 1
+    print(f"results agree (footprint sums of {int((reference_counts > 0).sum()):,} chips; regionprops on "
+          f"{len(chosen):,})")  # fmt: skip
+
+    # -- timings: methods in turn, medians -----------------------------------------------------------------------
+    runs: dict[str, list[float]] = {
+        "read": [], "kernel": [], "kernel_cpu": [], "init": [], "labels": [], "bincount": [], "reduceat": [],
+        "ndimage": [], "opencv": [],
+    }  # fmt: skip
+    runs["labels"].append(label_s)
+    for repeat in range(REPEATS):
+        runs["read"].append(timed(image.sum))
+        wall, cpu = kernel_calls_only(image, acc)
+        runs["kernel"].append(wall)
+        runs["kernel_cpu"].append(cpu)
+        runs["init"].append(timed(lambda: kernel_run(image, acc, init_only=True)))
+        runs["opencv"].append(timed(lambda: opencv_cell_means(image)))
+        if repeat < 3:
+            runs["bincount"].append(timed(lambda: bincount_sums(image, labels)))
+            runs["reduceat"].append(timed(lambda: reduceat_sums(image)))
+        if repeat < 2:
+            runs["ndimage"].append(timed(lambda: ndimage_means(image, labels)))
+            runs["labels"].append(timed(lambda: label_image(image)))
+    regionprops_s = statistics.median(timed(lambda: regionprops_subset(image, labels)) for _ in range(2))
+    time_of = {name: statistics.median(values) for name, values in runs.items()}
+    samples = LINES * SAMPLES
+    subset_samples = 2 * REGIONPROPS_ROWS * SAMPLES
+    # per-sample rates, so the regionprops subset compares with the rest
+    per_sample = {name: seconds / samples for name, seconds in time_of.items()}
+    per_sample["regionprops"] = regionprops_s / subset_samples
+    kernel = per_sample["kernel"]
+
+    def row(label: str, seconds_per_sample: float, note: str = "") -> None:
+        total = seconds_per_sample * samples
+        ratio = seconds_per_sample / kernel
+        print(f"  {label:<58} {total:8.3f} s {1e-6 / seconds_per_sample:9.0f} M/s {ratio:8.2f}x  {note}")
+
+    print(f"\n  {'method (time for all ' + f'{samples / 1e6:.0f} M samples)':<58} {'time':>10} {'rate':>11} "
+          f"{'vs kernel':>9}")  # fmt: skip
+    row("pure read, arr.sum() (memory-bandwidth floor)", per_sample["read"], "floor")
+    row("Cython accumulate_lines, all 12 fields, 2 threads", kernel, "the kernel")
+    row("  its CPU time (both threads; wall time on a free machine)", per_sample["kernel_cpu"] / 2,
+        "CPU time / 2")  # fmt: skip
+    row("  its accumulators' initialisation (zeros, -inf), extra", per_sample["init"], "caller's job")
+    row("NumPy label image (per sample, the kernel's geometry)", per_sample["labels"])
+    row("NumPy bincount sum + count, labels given", per_sample["bincount"])
+    row("NumPy bincount sum + count, with the label image", per_sample["bincount"] + per_sample["labels"])
+    row("NumPy add.reduceat sum + count (grid-aligned only)", per_sample["reduceat"], "no labels needed")
+    row("SciPy ndimage.mean (sum + count), labels given", per_sample["ndimage"])
+    row("SciPy ndimage.mean, with the label image", per_sample["ndimage"] + per_sample["labels"])
+    row(f"skimage regionprops_table area+mean ({REGIONPROPS_ROWS} chip rows), labels given",
+        per_sample["regionprops"], "per sample, extrapolated")  # fmt: skip
+    row("OpenCV resize INTER_AREA: cell means (street incl.)", per_sample["opencv"], "float32, simpler job")
+
+    best_numpy = min(per_sample["bincount"], per_sample["reduceat"], per_sample["ndimage"])
+    best_with_labels = min(per_sample["bincount"], per_sample["ndimage"]) + per_sample["labels"]
+    print("\n  targets (kernel alone, its accumulator initialisation not counted):")
+    checks = [
+        (">= 5x the best NumPy/SciPy (labels given)", best_numpy / kernel, 5.0),
+        (">= 5x the best NumPy/SciPy with its label image", best_with_labels / kernel, 5.0),
+        (">= 5x bincount, labels given", per_sample["bincount"] / kernel, 5.0),
+        (">= 50x regionprops_table", per_sample["regionprops"] / kernel, 50.0),
+        ("within 2x of the pure read", per_sample["read"] / kernel, 0.5),
+    ]
+    for label, ratio, target in checks:
+        verdict = "met" if ratio >= target else "MISSED"
+        print(f"    {label:<52} {ratio:7.2f}x  ({verdict})")
+    load_after = os.getloadavg()[0]
+    print(f"  load average {load_before:.2f} before, {load_after:.2f} after; OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
