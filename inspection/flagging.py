@@ -52,18 +52,32 @@ def flag_chips(
     """(col, row) of up to ``max_count`` usable chips that look wrong after the intensity passes, worst first."""
     layout = recipe.layout()
     powers = recipe.excitation.powers_w
+    empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # whole-wafer float32 maps, worked on in place: an 8" wafer has 100 M cells, so no index arrays over all chips
     high = chip_peaks(scan, recipe, placement, len(powers) - 1)
     low = chip_peaks(scan, recipe, placement, 0)
-    rows, cols = np.nonzero(layout.usable_mask() & np.isfinite(high) & np.isfinite(low))
-    if rows.size == 0 or max_count == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    bright = high[rows, cols].astype(np.float64)
-    dark = low[rows, cols].astype(np.float64)
-    median_bright = float(np.median(bright))
-    ratio = (dark / powers[0]) / np.maximum(bright / powers[-1], 1e-30)
-    median_ratio = float(np.median(ratio))
+    measured = layout.usable_mask()
+    measured &= np.isfinite(high)
+    measured &= np.isfinite(low)
+    if max_count == 0 or not measured.any():
+        return empty
+    high[~measured] = np.nan
+    median_bright = float(np.nanmedian(high))
+    ratio = low  # low/high efficiency ratio, in low's memory
+    ratio *= np.float32(powers[-1] / powers[0])
+    ratio /= np.maximum(high, np.float32(1e-30))
+    median_ratio = float(np.nanmedian(ratio))
     # how far below the flag threshold a chip is; positive means flagged
-    severity = np.maximum(1.0 - bright / (DARK_FRACTION * median_bright), 1.0 - ratio / (RATIO_FRACTION * median_ratio))
-    flagged = np.flatnonzero(severity > 0)
-    worst = flagged[np.argsort(-severity[flagged], kind="stable")][:max_count]
-    return cols[worst].astype(np.int64), rows[worst].astype(np.int64)
+    high /= np.float32(-DARK_FRACTION * median_bright)
+    high += 1.0
+    ratio /= np.float32(-RATIO_FRACTION * median_ratio)
+    ratio += 1.0
+    severity = np.fmax(high, ratio)
+    severity[~measured] = np.nan
+    del high, ratio, measured
+    rows, cols = np.nonzero(severity > 0)
+    if rows.size == 0:
+        return empty
+    values = severity[rows, cols].astype(np.float64)
+    order = np.lexsort((cols, rows, -values))[:max_count]  # worst first; ties in index order
+    return cols[order].astype(np.int64), rows[order].astype(np.int64)
