@@ -2,7 +2,7 @@
 
 Right after the intensity passes, the engine takes spectra of the chips the recipe's pattern names and of chips
 that already look wrong. This module finds the latter from the raw lines: each sample is assigned to the chip
-nearest the spot (through the alignment's placement), a chip's value per pass is the brightest sample on it,
+on its area (through the alignment's placement), a chip's value per pass is the brightest such sample,
 and a chip is flagged when it is dark at the highest power or its low/high-power efficiency ratio is far below the
 wafer's (the leakage signature). It is deliberately simple; the analysis pipeline computes the real per-chip
 measurements later.
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cext import chip_kernels as kernels
+from inspection.pipeline import line_geometry
 from inspection.recipe import Recipe
 from inspection.scanfile import ScanFile
 from inspection.wafer import Placement
@@ -22,27 +24,45 @@ DARK_FRACTION = 0.5
 RATIO_FRACTION = 0.5
 """Flag a chip whose low/high efficiency ratio is below this fraction of the wafer median."""
 
+PEAK_BAND_BYTES = 256 * 2**20
+"""Accumulator memory per band of chip rows."""
+
 
 def chip_peaks(scan: ScanFile, recipe: Recipe, placement: Placement, pass_index: int) -> np.ndarray:
-    """Brightest sample on each chip in one pass: a ``(rows, cols)`` float32 array indexed ``[row, col]`` (row 0
-    at the bottom, like every chip map), NaN where no sample fell."""
+    """Brightest sample on each chip's area in one pass: a ``(rows, cols)`` float32 array indexed ``[row, col]`` (row
+    0 at the bottom, like every chip map), NaN where no sample fell. Computed by the pipeline's per-chip kernel in
+    bands of about PEAK_BAND_BYTES of accumulators."""
     layout = recipe.layout()
-    peaks = np.full((layout.row_count, layout.column_count), np.nan, dtype=np.float32)
-    pitch = recipe.sampling.sample_pitch_um
+    grid = layout.grid
+    shape = (layout.row_count, layout.column_count)
+    peaks = np.full(shape, np.nan, dtype=np.float32)
     records = scan.line_records(pass_index)
-    lines = scan.plan_lines
-    for record in records:
-        line = lines[int(record["line_index"])]
-        samples = scan.line_samples(pass_index, int(record["line_index"]))
-        start = np.array([line["x_start_um"], line["y_start_um"]])
-        stop = np.array([line["x_stop_um"], line["y_stop_um"]])
-        direction = (stop - start) / max(float(np.hypot(*(stop - start))), 1e-9)
-        along = np.arange(samples.size) * pitch
-        x_wafer, y_wafer = placement.stage_to_wafer(start[0] + direction[0] * along, start[1] + direction[1] * along)
-        col, row = layout.nearest_chip(np.asarray(x_wafer), np.asarray(y_wafer))
-        inside = layout.in_box(col, row)
-        col, row, values = col[inside], row[inside], samples[inside]
-        np.fmax.at(peaks, (row, col), values)
+    if records.size == 0:
+        return peaks
+    geometry = line_geometry(scan.plan_lines[records["line_index"]], layout, placement, recipe.sampling.sample_pitch_um)
+    offsets = records["sample_offset"].astype(np.int64)
+    counts = records["sample_count"].astype(np.int64)
+    row_end = geometry.row0 + geometry.drow * (counts - 1)
+    row_lo, row_hi = np.minimum(geometry.row0, row_end), np.maximum(geometry.row0, row_end)
+    half_width = 0.5 * grid.chip_width_um / grid.pitch_x_um
+    half_height = 0.5 * grid.chip_height_um / grid.pitch_y_um
+    band_rows = max(1, PEAK_BAND_BYTES // (kernels.FIELD_COUNT * 8 * shape[1]))
+    for first_row in range(0, shape[0], band_rows):
+        last_row = min(first_row + band_rows, shape[0])
+        chosen = np.flatnonzero((row_hi >= first_row - 0.5) & (row_lo < last_row - 0.5))
+        if chosen.size == 0:
+            continue
+        start = int(offsets[chosen].min())
+        samples = scan.samples_between(pass_index, start, int((offsets[chosen] + counts[chosen]).max()))
+        acc = np.zeros((kernels.FIELD_COUNT, last_row - first_row, shape[1]))
+        acc[kernels.MAX_FOOT] = -np.inf
+        kernels.accumulate_lines(
+            samples, offsets[chosen] - start, counts[chosen], geometry.col0[chosen], geometry.row0[chosen],
+            geometry.dcol[chosen], geometry.drow[chosen], half_width, half_height, half_width, half_height,
+            np.inf, 0, first_row, acc,
+        )  # fmt: skip
+        brightest = acc[kernels.MAX_FOOT]
+        peaks[first_row:last_row] = np.where(np.isfinite(brightest), brightest, np.nan)
     return peaks
 
 
