@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -35,6 +36,9 @@ SITE_DTYPE = np.dtype([("kind", "U12"), ("x_um", "f8"), ("y_um", "f8"), ("phase_
 
 LineAcquirer = Callable[[tuple[float, float], tuple[float, float], int], np.ndarray]
 """Acquires a line from start to stop (stage frame, µm) with the given sample count; returns the samples."""
+
+
+FloatOrArray = TypeVar("FloatOrArray", float, np.ndarray)
 
 
 class AlignmentError(RuntimeError):
@@ -78,8 +82,8 @@ def phase_of(component: complex, period_um: float) -> float:
     return (-math.atan2(component.imag, component.real) * period_um / (2 * math.pi)) % period_um
 
 
-def wrap(value_um: float, period_um: float) -> float:
-    """``value`` folded into ``[-period/2, period/2)``."""
+def wrap(value_um: FloatOrArray, period_um: float) -> FloatOrArray:
+    """``value`` (a number or an array) folded into ``[-period/2, period/2)``."""
     return (value_um + period_um / 2) % period_um - period_um / 2
 
 

@@ -42,14 +42,12 @@ def chip_peaks(scan: ScanFile, recipe: Recipe, placement: Placement, pass_index:
     geometry = line_geometry(scan.plan_lines[records["line_index"]], layout, placement, recipe.sampling.sample_pitch_um)
     offsets = records["sample_offset"].astype(np.int64)
     counts = records["sample_count"].astype(np.int64)
-    row_end = geometry.row0 + geometry.drow * (counts - 1)
-    row_lo, row_hi = np.minimum(geometry.row0, row_end), np.maximum(geometry.row0, row_end)
     half_width = 0.5 * grid.chip_width_um / grid.pitch_x_um
     half_height = 0.5 * grid.chip_height_um / grid.pitch_y_um
     band_rows = max(1, PEAK_BAND_BYTES // (kernels.FIELD_COUNT * 8 * shape[1]))
     for first_row in range(0, shape[0], band_rows):
         last_row = min(first_row + band_rows, shape[0])
-        chosen = np.flatnonzero((row_hi >= first_row - 0.5) & (row_lo < last_row - 0.5))
+        chosen = geometry.lines_in_rows(counts, first_row, last_row)
         if chosen.size == 0:
             continue
         start = int(offsets[chosen].min())

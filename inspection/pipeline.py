@@ -187,6 +187,16 @@ class LineGeometry:
     drow: np.ndarray
     forward: np.ndarray  # True where the line runs towards +col
 
+    def rows_spanned(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The lowest and highest row coordinate each line's ``counts`` samples reach."""
+        last = self.row0 + self.drow * (counts - 1)
+        return np.minimum(self.row0, last), np.maximum(self.row0, last)
+
+    def lines_in_rows(self, counts: np.ndarray, first_row: int, last_row: int) -> np.ndarray:
+        """Indices of the lines with samples in chip rows ``first_row .. last_row - 1``."""
+        low, high = self.rows_spanned(counts)
+        return np.flatnonzero((high >= first_row - 0.5) & (low < last_row - 0.5))
+
 
 def line_geometry(
     plan_lines: np.ndarray,
@@ -233,16 +243,6 @@ class _PassLines:
     plan: np.ndarray  # the lines' LINE_DTYPE records (stage frame)
     bidirectional_offset_um: float
 
-    @property
-    def row_lo(self) -> np.ndarray:
-        geometry = self.geometry
-        return np.minimum(geometry.row0, geometry.row0 + geometry.drow * (self.counts - 1))
-
-    @property
-    def row_hi(self) -> np.ndarray:
-        geometry = self.geometry
-        return np.maximum(geometry.row0, geometry.row0 + geometry.drow * (self.counts - 1))
-
 
 def _comb_component(
     samples: np.ndarray, offsets: np.ndarray, counts: np.ndarray, origin: np.ndarray, step: np.ndarray
@@ -258,11 +258,6 @@ def _comb_component(
         values, position = values[finite], position[finite]
         total += complex(np.sum((values - values.mean()) * np.exp(-2j * np.pi * position)))
     return total
-
-
-def wrap_array(values: np.ndarray) -> np.ndarray:
-    """``values`` folded into ``[-0.5, 0.5)``."""
-    return (values + 0.5) % 1.0 - 0.5
 
 
 def _drift_gains(records: np.ndarray, exponent: float) -> tuple[np.ndarray, float]:
@@ -481,7 +476,7 @@ class _Analysis:
         """The kernel's per-chip sums over chip rows ``first_row .. last_row - 1``."""
         settings, geometry = self.settings, lines.geometry
         offsets, counts, gains = lines.offsets, lines.counts, lines.gains
-        chosen = np.flatnonzero((lines.row_hi >= first_row - 0.5) & (lines.row_lo < last_row - 0.5))
+        chosen = geometry.lines_in_rows(counts, first_row, last_row)
         acc = np.zeros((kernels.FIELD_COUNT, last_row - first_row, self.shape[1]), dtype=np.float64)
         acc[kernels.MAX_FOOT] = -np.inf
         for batch in self._sample_batches(chosen, offsets, counts):
@@ -604,7 +599,7 @@ class _Analysis:
         if self.recipe.sampling.mode is ScanMode.RASTER:
             position = (stage_y - float(plan["y_start_um"][0])) / self.recipe.sampling.line_pitch_um
             line = np.clip(np.round(position).astype(np.int64), 0, plan.size - 1)
-            line_bin = np.minimum((np.abs(wrap_array(position)) * 2 * LINE_BINS).astype(np.int64), LINE_BINS - 1)
+            line_bin = np.minimum((np.abs(wrap(position, 1.0)) * 2 * LINE_BINS).astype(np.int64), LINE_BINS - 1)
         else:  # one line per chip row, through the centres
             geometry = lines.geometry
             row_of_line = np.round(geometry.row0 + geometry.drow * (lines.counts - 1) / 2).astype(np.int64)
@@ -624,8 +619,9 @@ class _Analysis:
     def _line_phase_loss(self, lines: _PassLines, power_w: float, dark_v: float) -> np.ndarray | None:
         """The intensity lost to the sampling phase (module docstring, step 5) per phase bin (:meth:`_phase_bins`),
         measured on PHASE_BANDS sample bands spread over the rows the lines cover; None with too few chips."""
-        covered_low = int(np.clip(np.floor(lines.row_lo.min()), 0, self.shape[0] - 1))
-        covered_high = int(np.clip(np.ceil(lines.row_hi.max()) + 1, covered_low + 1, self.shape[0]))
+        row_low, row_high = lines.geometry.rows_spanned(lines.counts)
+        covered_low = int(np.clip(np.floor(row_low.min()), 0, self.shape[0] - 1))
+        covered_high = int(np.clip(np.ceil(row_high.max()) + 1, covered_low + 1, self.shape[0]))
         rows = min(PHASE_BAND_ROWS, covered_high - covered_low)
         starts = np.unique(np.linspace(covered_low, covered_high - rows, PHASE_BANDS).astype(np.int64))
         values, bins = [], []
@@ -728,20 +724,19 @@ class _Analysis:
         # across the lines: only raster lines sample the rows at several offsets
         row_phase = math.nan
         if self.recipe.sampling.mode is ScanMode.RASTER and counts.size >= 8:
-            rows = geometry.row0 + geometry.drow * (counts - 1) / 2
-            levels = np.zeros(counts.size)
             chosen = np.flatnonzero(counts > 16)
             # a fixed random subset: evenly strided lines could all sit at the same phase of the chip rows
             chosen = np.sort(np.random.default_rng(0).permutation(chosen)[:ROW_CHECK_LINES])
-            for line in chosen:
+            rows = geometry.row0[chosen] + geometry.drow[chosen] * (counts[chosen] - 1) / 2
+            levels = np.zeros(chosen.size)
+            for position, line in enumerate(chosen):
                 middle = int(offsets[line] + counts[line] // 2)
                 # short enough that a rotated line stays within a tenth of a row
                 half = int(min(counts[line] // 4, 2000, 0.05 / max(abs(geometry.drow[line]), 1e-12)))
                 block = self.scan.samples_between(pass_index, middle - half, middle + half)
-                levels[line] = float(np.nanmean(block[np.isfinite(block)])) if block.size else 0.0
-            used = chosen
-            if used.size >= 8:
-                component = complex(np.sum((levels[used] - levels[used].mean()) * np.exp(-2j * np.pi * rows[used])))
+                levels[position] = float(np.nanmean(block[np.isfinite(block)])) if block.size else 0.0
+            if chosen.size >= 8:
+                component = complex(np.sum((levels - levels.mean()) * np.exp(-2j * np.pi * rows)))
                 if component != 0:
                     row_phase = wrap(phase_of(component, 1.0), 1.0)
                     if abs(row_phase) > tolerance:

@@ -150,22 +150,7 @@ def split_program_message(message: str) -> list[str]:
     >>> split_program_message(':TRIG:BLOC:WAIT 2, EXT, ENT;MDIG 3, "a;b", AUTO;*OPC?')
     [':TRIG:BLOC:WAIT 2, EXT, ENT', ':TRIG:BLOC:MDIG 3, "a;b", AUTO', '*OPC?']
     """
-    units: list[str] = []
-    current, quote = "", ""
-    for char in message:
-        if quote:
-            current += char
-            if char == quote:
-                quote = ""
-        elif char in "\"'":
-            quote = char
-            current += char
-        elif char == ";":
-            units.append(current.strip())
-            current = ""
-        else:
-            current += char
-    units.append(current.strip())
+    units = _split_outside_quotes(message, ";")
     absolute: list[str] = []
     path = ":"
     for given in units:
@@ -237,7 +222,14 @@ def split_arguments(text: str) -> list[str]:
     >>> split_arguments("1,")
     ['1', '']
     """
-    arguments: list[str] = []
+    arguments = _split_outside_quotes(text, ",")
+    return [] if arguments == [""] else arguments
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    """``text`` split at each ``separator`` outside single or double quotes, every part stripped (quotes kept);
+    one part for a text without a separator."""
+    parts: list[str] = []
     current, quote = "", ""
     for char in text:
         if quote:
@@ -247,14 +239,13 @@ def split_arguments(text: str) -> list[str]:
         elif char in "\"'":
             quote = char
             current += char
-        elif char == ",":
-            arguments.append(current.strip())
+        elif char == separator:
+            parts.append(current.strip())
             current = ""
         else:
             current += char
-    if current.strip() or arguments:
-        arguments.append(current.strip())
-    return arguments
+    parts.append(current.strip())
+    return parts
 
 
 def unquote(text: str) -> str:
