@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from app.cli import main
 from cext import chip_kernels as k
 from drivers.virtual.profile import load_profile
 from drivers.virtual.synthetic import write_synthetic_scan
@@ -25,7 +26,7 @@ from inspection.pipeline import (
     line_geometry,
 )
 from inspection.recipe import load_recipe
-from inspection.scanfile import ScanFile
+from inspection.scanfile import ScanFile, ScanFileError, ScanFileWriter
 from inspection.wafer import Placement
 from tests.chip_reference import accumulate_lines_reference
 
@@ -246,3 +247,33 @@ def test_results_missing_or_newer_are_clear_errors(tmp_path: Path, demo_scan: Pa
 def test_bad_settings_name_every_field() -> None:
     with pytest.raises(ValueError, match=r"memory_mb.*core_fraction"):
         AnalysisSettings(memory_mb=1.0, core_fraction=0.0)
+
+
+def test_a_scan_still_being_written_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "running.h5"
+    plan = np.zeros(1, dtype=[("line_index", "i4"), ("sample_count", "i4")])
+    writer = ScanFileWriter.create(
+        path, recipe_toml="", station_toml="", identities={}, plan_lines=plan, powers_w=[0.01],
+        plan_summary="", operator="", lot_id="", wafer_id="", software_version="",
+    )  # fmt: skip
+    with writer, pytest.raises(ScanFileError, match="still writing"):
+        analyze_scan(path)
+
+
+def test_analyze_command_reports_results_and_bad_input(demo_scan: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(demo_scan.read_bytes())
+    assert main(["analyze", str(copy)]) == 0
+    assert "pass 1: 20 mW" in capsys.readouterr().out
+    assert main(["analyze", str(tmp_path / "missing.h5")]) == 2
+    assert "no such scan file" in capsys.readouterr().err
+    assert main(["analyze", str(copy), "--memory-mb", "1"]) == 2
+    assert "memory_mb" in capsys.readouterr().err
+    shifted = tmp_path / "shifted.h5"
+    profile = demo_profile()
+    true = WaferWorld(profile).placement
+    wrong = Placement(true.offset_x_um + 40.0, true.offset_y_um, true.rotation_deg)
+    write_synthetic_scan(shifted, profile, load_recipe(DEMO_RECIPE), lines=slice(900, 940), stored_placement=wrong)
+    assert main(["analyze", str(shifted), str(copy)]) == 1  # the other file is still analysed
+    captured = capsys.readouterr()
+    assert "off their indices" in captured.err and str(copy) in captured.out
