@@ -15,12 +15,26 @@ one :class:`~inspection.bins.DefectClass` per chip and an EL failure probability
 
 Like ``/results`` it is written under a temporary name and renamed, so an interrupted classification leaves the
 previous one (or none). :func:`read_classification` reads it back without recomputation.
+
+How a chip's class is decided (bands of rows, so memory does not grow with the wafer):
+
+1. Features (:mod:`inspection.features`), relative to the wafer's trends.
+2. **Rules** (:mod:`inspection.rules`, thresholds from the recipe's ``[classification]`` section): a class per
+   chip with no training data.
+3. With a **model** (:mod:`inspection.model`): P(fails EL) per chip; chips at or above the model's threshold take
+   the model's most likely fail mode (missing, dead, dim, leakage), the others are good unless a rule finds an
+   optical defect that does not fail EL (bright). Without a model the rules decide and the probability is NaN.
+4. **Spectra**: measured chips off the wafer's wavelength trend or broadened
+   (:func:`inspection.rules.spectral_outliers`) are wavelength-shift / broadened, unless they already fail EL.
+5. **Spatial**: the map of chips predicted to fail EL goes to :mod:`inspection.spatial`; failing chips in a
+   particle blob or cluster, a scratch or edge damage take that class, and the wafer gets its signature label.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +42,25 @@ from typing import Any
 import h5py
 import numpy as np
 
-from inspection.bins import NO_CHIP, BinTable, DefectClass, bin_table_from_json
+from inspection.bins import NO_CHIP, BinTable, DefectClass, bin_table_from_json, default_bin_table
+from inspection.el_reference import ElFailMode
+from inspection.features import FeatureSettings, band_features, wafer_trends
+from inspection.model import DefectModel
+from inspection.pipeline import ChipResults
+from inspection.recipe import ClassificationSettings, Recipe, recipe_from_text
+from inspection.rules import classify_features, spectral_outliers
+from inspection.scanfile import ScanFile
+from inspection.settings import to_mapping
+from inspection.spatial import SpatialSettings, StructureKind, find_defect_structures, wafer_signature
+from inspection.wafer import WaferLayout
 
 __all__ = [
     "CLASSIFICATION_FORMAT_VERSION",
     "Classification",
+    "ClassifyOptions",
+    "classify_scan",
     "read_classification",
+    "scan_layout",
     "write_classification",
 ]
 
@@ -141,3 +168,155 @@ def read_classification(path: str | Path, *, rows: slice | None = None) -> Class
             drift=json.loads(group.attrs["drift_json"]),
             created_utc=str(group.attrs["created_utc"]),
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Classifying a scan
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MODE_CLASS = {
+    ElFailMode.MISSING: DefectClass.MISSING,
+    ElFailMode.DEAD: DefectClass.DEAD,
+    ElFailMode.DIM: DefectClass.DIM,
+    ElFailMode.LEAKAGE: DefectClass.LEAKAGE,
+}
+"""The class of a chip the model predicts to fail in each mode (modes without a PL signature are never predicted)."""
+
+_STRUCTURE_CLASS = {
+    StructureKind.PARTICLE: DefectClass.PARTICLE,
+    StructureKind.CLUSTER: DefectClass.PARTICLE,
+    StructureKind.SCRATCH: DefectClass.SCRATCH,
+    StructureKind.EDGE: DefectClass.EDGE_DAMAGE,
+}
+_RECLASSIFIED_BY_STRUCTURE = (DefectClass.DEAD, DefectClass.DIM, DefectClass.LEAKAGE)
+"""Point classes that become the structure's class when the chip is part of one (a missing chip stays missing)."""
+
+DRIFT_SAMPLE_CHIPS = 200_000
+"""Chips sampled (evenly over the wafer) for the model's drift check."""
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """What classifies a scan: the product's bin table, an optional model, and the settings of each stage."""
+
+    bin_table: BinTable = field(default_factory=default_bin_table)
+    model: DefectModel | None = None
+    rules: ClassificationSettings | None = None  # None: the scan's recipe's [classification] section
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    spatial: SpatialSettings = field(default_factory=SpatialSettings)
+
+
+def scan_layout(path: str | Path) -> tuple[Recipe, WaferLayout]:
+    """The recipe stored in a scan file and its chip layout."""
+    with ScanFile(path) as scan:
+        if not scan.recipe_toml:
+            raise ValueError(f"{path}: the file holds no recipe; the chip grid is unknown")
+        recipe = recipe_from_text(scan.recipe_toml, source=f"{path}:/settings/recipe_toml")
+    return recipe, recipe.layout()
+
+
+def _band_classes(
+    features: np.ndarray, inspected: np.ndarray, rules: ClassificationSettings, model: DefectModel | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and P(fail) of a band of chips (steps 2 and 3 of the module docstring)."""
+    rule_classes = classify_features(features, inspected, rules)
+    probability = np.full(inspected.shape, np.nan, dtype=np.float32)
+    if model is None:
+        return rule_classes, probability
+    classes = np.where(inspected, DefectClass.GOOD, DefectClass.NOT_INSPECTED).astype(np.uint8)
+    rows = features[inspected]
+    p_fail, mode = model.predict(rows)
+    probability[inspected] = p_fail
+    decided = np.full(mode.shape, DefectClass.GOOD, dtype=np.uint8)
+    for fail_mode, defect_class in _MODE_CLASS.items():
+        decided[mode == fail_mode] = defect_class
+    # optical outliers that pass EL (bright) come from the rules where the model sees no EL failure
+    rule_inspected = rule_classes[inspected]
+    optical = (mode == ElFailMode.PASS) & (rule_inspected == DefectClass.BRIGHT)
+    decided[optical] = DefectClass.BRIGHT
+    classes[inspected] = decided
+    return classes, probability
+
+
+def _spectral_classes(classes: np.ndarray, spectra: np.ndarray, layout: WaferLayout, rules: ClassificationSettings):
+    """Step 4: wavelength-shifted and broadened chips among the measured ones."""
+    if spectra.size == 0:
+        return
+    cols, rows = spectra["col"].astype(np.int64), spectra["row"].astype(np.int64)
+    inside = layout.in_box(cols, rows)
+    spectra, cols, rows = spectra[inside], cols[inside], rows[inside]
+    x_um, y_um = layout.chip_center_um(cols, rows)
+    shifted, broadened, _ = spectral_outliers(spectra, np.asarray(x_um), np.asarray(y_um), rules)
+    for hits, defect_class in ((broadened, DefectClass.BROADENED), (shifted, DefectClass.WAVELENGTH_SHIFT)):
+        target = classes[rows[hits], cols[hits]]
+        keep = np.isin(target, (DefectClass.GOOD, DefectClass.BRIGHT))
+        classes[rows[hits][keep], cols[hits][keep]] = defect_class
+
+
+def classify_scan(
+    path: str | Path,
+    options: ClassifyOptions | None = None,
+    *,
+    progress: Callable[[float, str], None] | None = None,
+) -> Classification:
+    """Classify an analysed scan file and store the result in its ``/classification`` group.
+
+    Raises
+    ------
+    ValueError
+        The file has no analysis results, fewer than two excitation powers, or no recipe.
+    """
+    options = options or ClassifyOptions()
+    report = progress or (lambda fraction, message: None)
+    path = Path(path)
+    recipe, layout = scan_layout(path)
+    rules = options.rules or recipe.classification
+    grid = recipe.grid
+    shape = (layout.row_count, layout.column_count)
+    classes = np.full(shape, DefectClass.NOT_INSPECTED, dtype=np.uint8)
+    probability = np.full(shape, np.nan, dtype=np.float32)
+    drift_rows: list[np.ndarray] = []
+    with ChipResults(path) as results:
+        trends = wafer_trends(results, shape, (grid.pitch_y_um, grid.pitch_x_um), options.features)
+        band = options.features.band_rows
+        # sample every k-th inspected chip for the drift check, so it sees the whole wafer in bounded memory
+        stride = max(1, layout.chip_count // DRIFT_SAMPLE_CHIPS)
+        for first in range(0, shape[0], band):
+            rows = slice(first, min(first + band, shape[0]))
+            features, inspected = band_features(results, trends, rows, (grid.chip_height_um, grid.chip_width_um))
+            classes[rows], probability[rows] = _band_classes(features, inspected, rules, options.model)
+            if options.model is not None:
+                drift_rows.append(features[inspected][::stride])
+            report(0.8 * rows.stop / shape[0], f"classified rows {rows.start}-{rows.stop - 1}")
+        spectra = results.spectra()
+    _spectral_classes(classes, spectra, layout, rules)
+    classes[~layout.physical_mask()] = NO_CHIP
+    report(0.85, "looking for wafer-scale structures")
+    el_fail = options.bin_table.el_fail_of(classes)
+    spatial = find_defect_structures(el_fail, layout, settings=options.spatial)
+    for kind, defect_class in _STRUCTURE_CLASS.items():
+        member = (spatial.kind_map == kind) & np.isin(classes, _RECLASSIFIED_BY_STRUCTURE)
+        classes[member] = defect_class
+    signature = wafer_signature(el_fail, layout, spatial.structures)
+    drift: dict[str, Any] = {}
+    if options.model is not None and drift_rows:
+        drift = options.model.drift(np.concatenate(drift_rows)).to_json()
+    classifier = (
+        options.model.identity()
+        if options.model is not None
+        else {"kind": "rules", "name": "rule layer", "settings": to_mapping(rules)}
+    )
+    classification = Classification(
+        defect_class=classes,
+        el_fail_probability=probability,
+        structure_label=spatial.label_map,
+        bin_table=options.bin_table,
+        classifier=classifier,
+        signature=signature.label.value,
+        signature_evidence=signature.evidence,
+        structures=[structure.to_json() for structure in spatial.structures],
+        drift=drift,
+    )
+    write_classification(path, classification)
+    report(1.0, "classification complete")
+    return classification

@@ -10,7 +10,7 @@ allowed. Every field, its unit, default and range is tabulated in docs/recipes.m
 
 File layout
 -----------
-Every section must be present (an empty table takes the defaults of all its fields)::
+Every section but ``[classification]`` must be present (an empty table takes the defaults of all its fields)::
 
     name = "demo 2-inch blue"
 
@@ -21,6 +21,7 @@ Every section must be present (an empty table takes the defaults of all its fiel
     [spectra]                # SpectraSettings: which chips get a spectrum, OSA span/resolution/points
     [focus]                  # FocusSettings: safe_z_um ≤ focus_z_um ≤ max_z_um
     [alignment]              # AlignmentSettings: sites, radius, scan length, accepted offset/rotation
+    [classification]         # ClassificationSettings (optional): rule thresholds of the defect classification
 
 Rules between sections (checked by :class:`Recipe`): the sample pitch ``velocity_um_s / sample_rate_hz`` must
 resolve the chips (≤ a quarter of the smallest chip side); raster lines must be at most half the smallest chip
@@ -62,6 +63,7 @@ from inspection.wafer import ROTATION_LIMIT_DEG, SUBSTRATE_DIAMETERS_MM, ChipGri
 __all__ = [
     "MAX_POWERS",
     "AlignmentSettings",
+    "ClassificationSettings",
     "ExcitationSettings",
     "FocusSettings",
     "GridSettings",
@@ -414,6 +416,40 @@ class AlignmentSettings:
         _raise_problems(_declared_problems(self))
 
 
+@dataclass(frozen=True)
+class ClassificationSettings:
+    """Thresholds of the rule layer of the defect classification (:mod:`inspection.rules` explains each).
+
+    Every threshold is a fraction of the chip's expected value (the wafer trend at its place, or its neighbours),
+    so one recipe works on brighter wafers and wafers with process gradients.
+    """
+
+    missing_fraction: float = setting(
+        2.5e-4, minimum=0.0, maximum=0.1, doc="intensity over trend below which no chip is there"
+    )
+    dead_fraction: float = setting(
+        0.05, minimum=0.0, maximum=1.0, doc="intensity over trend below which a chip is dead"
+    )
+    dim_fraction: float = setting(0.70, minimum=0.0, maximum=1.0, doc="intensity over trend or neighbours: dim below")
+    leakage_ratio_fraction: float = setting(
+        0.60, minimum=0.0, maximum=1.0, doc="low/high efficiency ratio over its trend: leaky below"
+    )
+    bright_fraction: float = setting(1.35, minimum=1.0, maximum=100.0, doc="intensity over trend: bright above")
+    wavelength_shift_nm: float = setting(
+        2.5, minimum=0.0, maximum=100.0, unit="nm", doc="peak off the wafer's wavelength trend"
+    )
+    broadened_fraction: float = setting(1.3, minimum=1.0, maximum=10.0, doc="FWHM over the wafer median: broad above")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.missing_fraction < self.dead_fraction < self.dim_fraction:
+            problems.append(
+                f"missing_fraction < dead_fraction < dim_fraction is required, got {self.missing_fraction:g}, "
+                f"{self.dead_fraction:g}, {self.dim_fraction:g}"
+            )
+        _raise_problems(_declared_problems(self) + problems)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Recipe
 # ---------------------------------------------------------------------------------------------------------------------
@@ -446,6 +482,9 @@ class Recipe:
     spectra: SpectraSettings = setting(doc="spectrum sites and spectrometer settings")
     focus: FocusSettings = setting(doc="Z heights")
     alignment: AlignmentSettings = setting(doc="placement measurement")
+    classification: ClassificationSettings = setting(
+        ClassificationSettings(), doc="rule thresholds of the defect classification (optional section)"
+    )
 
     def __post_init__(self) -> None:
         problems = []

@@ -41,7 +41,7 @@ def with_value(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     *sections, key = path.split(".")
     table = changed
     for section in sections:
-        table = table[section]
+        table = table.setdefault(section, {})  # optional sections may be absent from the example recipe
     table[key] = value
     return changed
 
@@ -171,6 +171,13 @@ BAD_FIELDS = [
     ("alignment.scan_length_um", 0.0, "outside the allowed range (0, 20000] µm"),
     ("alignment.max_offset_um", 5000.0, "outside the allowed range [0, 3000] µm"),
     ("alignment.max_rotation_deg", 4.0, "outside the allowed range [0, 3] °"),
+    ("classification.missing_fraction", 0.5, "outside the allowed range [0, 0.1]"),
+    ("classification.dead_fraction", -0.1, "outside the allowed range [0, 1]"),
+    ("classification.dim_fraction", 1.5, "outside the allowed range [0, 1]"),
+    ("classification.leakage_ratio_fraction", 2.0, "outside the allowed range [0, 1]"),
+    ("classification.bright_fraction", 0.5, "outside the allowed range [1, 100]"),
+    ("classification.wavelength_shift_nm", -1.0, "outside the allowed range [0, 100] nm"),
+    ("classification.broadened_fraction", 20.0, "outside the allowed range [1, 10]"),
 ]
 
 
