@@ -14,14 +14,18 @@ low/high-power efficiency ratio drops while they look almost normal at high powe
 (open contact, high series resistance) have no PL signature at all.
 
 The ground truth (:meth:`WaferWorld.truth_rows`, :func:`export_truth`) is for tests and training only; the
-inspection pipeline never reads it.
+inspection pipeline never reads it. :func:`export_el_csv` writes the EL part of it as a prober's CSV export, which
+the inspection imports like real EL reference data (``inspection.el_reference``, docs/el-reference.md).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import enum
 import math
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from cext.pl_render import carrier_density, line_band, render_line
 from scipy.special import erf
 
 from drivers.virtual.profile import ElTestSpec, WaferProfile
+from inspection.el_reference import DEFAULT_FAIL_CODES, ElFailMode, ElTestCriteria, decide_fail_modes
 from inspection.wafer import Placement, WaferLayout
 
 PLANCK_NM_V = 1239.84198  # photon energy in eV = this / wavelength in nm: watts of light per amp of photons
@@ -55,16 +60,9 @@ class DefectFlag(enum.IntFlag):
     EL_SERIES_RESISTANCE = 1 << 11
 
 
-class ElResult(enum.IntEnum):
-    """Outcome of the reference EL test of a chip (first failing criterion in this order)."""
-
-    PASS = 0
-    MISSING = 1
-    OPEN = 2
-    LEAKAGE = 3
-    DEAD = 4
-    DIM = 5
-    FORWARD_VOLTAGE = 6
+ElResult = ElFailMode
+"""Outcome of the reference EL test of a chip (first failing criterion in this order): the inspection's
+:class:`~inspection.el_reference.ElFailMode`, so the truth and imported or probed EL data share one set of codes."""
 
 
 # -- counter-based random numbers -------------------------------------------------------------------------------
@@ -587,27 +585,27 @@ class WaferWorld:
         }
 
 
-def classify_el(table: dict[str, np.ndarray], el: ElTestSpec) -> np.ndarray:
-    """Reference EL outcome (:class:`ElResult`) per chip from the measured quantities of :meth:`truth_rows`."""
-    light = table["el_light_v"]
-    present = table["present"]
-    median = float(np.median(light[present])) if present.any() else 0.0
-    low_v, high_v = el.vf_range_v
-    result = np.full(light.shape, ElResult.PASS, dtype=np.uint8)
-    checks = [
-        (table["el_forward_v"] >= el.compliance_v * 0.999, ElResult.OPEN),
-        (np.abs(table["el_reverse_a"]) > el.max_reverse_current_a, ElResult.LEAKAGE),
-        (light < el.dead_el_fraction * median, ElResult.DEAD),
-        (light < el.min_el_fraction * median, ElResult.DIM),
-        ((table["el_forward_v"] < low_v) | (table["el_forward_v"] > high_v), ElResult.FORWARD_VOLTAGE),
-    ]
-    decided = ~present
-    result[~present] = ElResult.MISSING
-    for failing, outcome in checks:
-        new = failing & ~decided
-        result[new] = outcome
-        decided |= new
-    return result
+def classify_el(table: dict[str, np.ndarray], el: ElTestSpec | ElTestCriteria) -> np.ndarray:
+    """Reference EL outcome (:class:`ElResult`) per chip from the measured quantities of :meth:`truth_rows`.
+
+    The light limits are fractions of the median EL of the present chips in ``table`` (the whole wafer for
+    :func:`export_truth`); the decision is :func:`inspection.el_reference.decide_fail_modes`, the one a station
+    probe uses too.
+    """
+    return decide_fail_modes(
+        present=table["present"],
+        forward_v=table["el_forward_v"],
+        reverse_current_a=table["el_reverse_a"],
+        el_intensity=table["el_light_v"],
+        criteria=el_test_criteria(el),
+    )
+
+
+def el_test_criteria(el: ElTestSpec | ElTestCriteria) -> ElTestCriteria:
+    """The inspection's :class:`~inspection.el_reference.ElTestCriteria` of a profile's ``[el_test]`` section."""
+    if isinstance(el, ElTestCriteria):
+        return el
+    return ElTestCriteria(**dataclasses.asdict(el))
 
 
 def export_truth(world: WaferWorld, path: str | Path, *, rows_per_chunk: int = 512) -> int:
@@ -647,6 +645,120 @@ def export_truth(world: WaferWorld, path: str | Path, *, rows_per_chunk: int = 5
         out.attrs["placement_rotation_deg"] = world.placement.rotation_deg
         out.attrs["defect_flags"] = ";".join(f"{flag.name}={flag.value}" for flag in DefectFlag if flag.value)
         out.attrs["el_results"] = ";".join(f"{result.name}={result.value}" for result in ElResult)
+        out.attrs.update(_prober_conditions(world))  # what export_el_csv declares in its CSV
+    temporary.replace(path)
+    return count
+
+
+EL_CSV_COLUMNS = ("COL", "ROW", "VF", "EL", "IR", "RESULT", "BIN")
+"""Header of :func:`export_el_csv`: chip column and row (SEMI E142, the recipe's chip box), forward voltage at
+the test current (V), EL light at the test current (photodetector volts), current at the reverse test voltage
+(A, negative), PASS/FAIL and the prober's bin code (:data:`inspection.el_reference.DEFAULT_FAIL_CODES`)."""
+
+_BIN_OF_RESULT = {ElFailMode[name]: code for code, name in DEFAULT_FAIL_CODES.items()}
+_EL_CSV_QUANTITIES = ("col", "row", "el_forward_v", "el_light_v", "el_reverse_a")
+
+
+def export_el_csv(source: WaferWorld | str | Path, csv_path: str | Path, *, rows_per_chunk: int = 512) -> int:
+    """Write the EL reference of every chip on the substrate as a prober's CSV export; return the chip count.
+
+    The file is what ``inspection.el_reference.load_el_csv`` reads with its default mapping: ``# key = value``
+    metadata lines (profile, seed, chip pitch and box size, test conditions, units), the header
+    :data:`EL_CSV_COLUMNS`, then one line per chip in row-major order. An open or missing chip reads the
+    compliance voltage, no light and no reverse current, as a prober sees it.
+
+    Parameters
+    ----------
+    source
+        The virtual wafer, or a ground-truth file of :func:`export_truth` (its ``el_result`` is used as is).
+        From a wafer every chip's quantities are held in memory (about 40 bytes a chip) for the wafer median the
+        light limits refer to.
+    csv_path
+        The CSV to write (replaced if it exists; written under a temporary name first).
+    rows_per_chunk
+        Chip rows evaluated at a time when ``source`` is a wafer.
+    """
+    csv_path = Path(csv_path)
+    if isinstance(source, WaferWorld):
+        parts = [
+            source.truth_rows(first, min(first + rows_per_chunk, source.layout.row_count))
+            for first in range(0, source.layout.row_count, rows_per_chunk)
+        ]
+        table = {name: np.concatenate([part[name] for part in parts]) for name in (*_EL_CSV_QUANTITIES, "present")}
+        table["el_result"] = classify_el(table, source.profile.el_test)
+        return _write_el_csv(csv_path, _prober_conditions(source), [table])
+    with h5py.File(source, "r") as truth:
+        chips = truth["chips"]
+        conditions = {key: truth.attrs[key] for key in ("profile_name", "seed", *_PROBER_KEYS) if key in truth.attrs}
+        count = chips["col"].shape[0]
+        step = 1 << 20  # a million chips at a time: a whole 8" truth file is never in memory at once
+        chunks = (
+            {name: chips[name][start : start + step] for name in (*_EL_CSV_QUANTITIES, "el_result")}
+            for start in range(0, count, step)
+        )
+        return _write_el_csv(csv_path, conditions, chunks)
+
+
+_PROBER_KEYS = (
+    "pitch_x_um",
+    "pitch_y_um",
+    "column_count",
+    "row_count",
+    "el_test_current_a",
+    "el_compliance_v",
+    "el_reverse_voltage_v",
+)
+
+
+def _prober_conditions(world: WaferWorld) -> dict[str, float | int | str]:
+    """The grid and test conditions a prober states in its export (also attributes of the truth file)."""
+    grid, el = world.layout.grid, world.profile.el_test
+    return {
+        "profile_name": world.profile.name,
+        "seed": world.seed,
+        "pitch_x_um": grid.pitch_x_um,
+        "pitch_y_um": grid.pitch_y_um,
+        "column_count": world.layout.column_count,
+        "row_count": world.layout.row_count,
+        "el_test_current_a": el.test_current_a,
+        "el_compliance_v": el.compliance_v,
+        "el_reverse_voltage_v": el.reverse_voltage_v,
+    }
+
+
+def _write_el_csv(path: Path, conditions: Mapping[str, object], chunks: Iterable[Mapping[str, np.ndarray]]) -> int:
+    def text(value: object) -> str:
+        value = value.decode() if isinstance(value, bytes) else value
+        # every digit: the importer compares the declared pitch with the recipe's
+        return repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
+
+    temporary = path.with_name(path.name + ".partial")
+    count = 0
+    with temporary.open("w", newline="", encoding="utf-8") as stream:
+        stream.write("# plmapper virtual prober: EL results of every chip on the substrate\n")
+        stream.write(f"# profile = {text(conditions.get('profile_name', ''))}\n")
+        for key in ("seed", *_PROBER_KEYS):
+            if key in conditions:
+                stream.write(f"# {key} = {text(conditions[key])}\n")
+        stream.write("# units: VF V, EL V (photodetector), IR A\n")
+        stream.write(f"# generated_utc = {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(EL_CSV_COLUMNS)
+        for chunk in chunks:
+            results = [ElFailMode(int(code)) for code in chunk["el_result"]]
+            writer.writerows(
+                zip(
+                    chunk["col"].tolist(),
+                    chunk["row"].tolist(),
+                    [f"{value:.6f}" for value in chunk["el_forward_v"].tolist()],
+                    [f"{value:.6e}" for value in chunk["el_light_v"].tolist()],
+                    [f"{value:.4e}" for value in chunk["el_reverse_a"].tolist()],
+                    ["PASS" if result is ElFailMode.PASS else "FAIL" for result in results],
+                    [_BIN_OF_RESULT[result] for result in results],
+                    strict=True,
+                )
+            )
+            count += len(results)
     temporary.replace(path)
     return count
 
