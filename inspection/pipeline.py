@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import IntFlag
 from pathlib import Path
@@ -55,7 +55,7 @@ from inspection.alignment import phase_of, wrap
 from inspection.recipe import Recipe, ScanMode, recipe_from_text
 from inspection.scanfile import ScanFile
 from inspection.spectra_analysis import SPECTRUM_RESULT_DTYPE, chip_map, fit_spectra
-from inspection.wafer import Placement, WaferLayout
+from inspection.wafer import ChipGrid, Placement, WaferLayout
 
 __all__ = [
     "CHIP_DTYPE",
@@ -66,7 +66,10 @@ __all__ = [
     "ChipResults",
     "RegistrationError",
     "analyze_scan",
+    "chip_records",
     "line_geometry",
+    "results_attributes",
+    "write_chip_band",
 ]
 
 RESULTS_FORMAT_VERSION = 1
@@ -279,6 +282,124 @@ def _drift_gains(records: np.ndarray, exponent: float) -> tuple[np.ndarray, floa
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Writing results (also used by inspection.pl_import, so imported maps are stored exactly like analysed scans)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def chip_records(
+    acc: np.ndarray,
+    usable: np.ndarray,
+    *,
+    grid: ChipGrid,
+    power_w: float,
+    dark_v: float,
+    sample_area_um2: float,
+    min_core_samples: int,
+) -> np.ndarray:
+    """A band's ``CHIP_DTYPE`` records from the kernel's per-chip sums (module docstring, step 4).
+
+    Parameters
+    ----------
+    acc
+        (FIELD_COUNT, rows, cols) sums of :func:`cext.chip_kernels.accumulate_lines` over the band.
+    usable
+        (rows, cols) the layout's usable mask for the band's rows.
+    grid
+        The chip grid (pitches turn the centroid into µm).
+    power_w, dark_v
+        The pass's laser power and dark level.
+    sample_area_um2
+        Wafer area one sample stands for (sample pitch x line spacing), for ``integrated_v_um2``.
+    min_core_samples
+        Fewer core samples flag the chip FEW_SAMPLES.
+
+    Returns
+    -------
+    ndarray
+        (rows, cols) ``CHIP_DTYPE``; ``neighbour_ratio`` NaN (:func:`write_chip_band` fills it in).
+    """
+    k = kernels
+    rows, cols = acc.shape[1], acc.shape[2]
+    chips = np.zeros((rows, cols), dtype=CHIP_DTYPE)
+    core, footprint, street = acc[k.N_CORE], acc[k.N_FOOT], acc[k.N_STREET]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        intensity = np.where(core > 0, acc[k.SUM_CORE] / core - dark_v, np.nan)
+        peak = np.where(footprint > 0, acc[k.MAX_FOOT] - dark_v, np.nan)
+        excess = acc[k.SUM_FOOT] - footprint * dark_v
+        integrated = np.where(footprint > 0, excess * sample_area_um2, np.nan)
+        # centroid of (sample - dark) over the footprint, in chip units from the centre
+        weight = np.where(np.abs(excess) > 1e-12, excess, np.nan)
+        centroid_col = (acc[k.SUM_UI] - dark_v * acc[k.SUM_U]) / weight
+        centroid_row = (acc[k.SUM_VI] - dark_v * acc[k.SUM_V]) / weight
+        chips["street_v"] = np.where(street > 0, acc[k.SUM_STREET] / street, np.nan)
+    flags = np.zeros((rows, cols), dtype=np.uint8)
+    for flag, where in (
+        (ChipFlag.OUTSIDE_USABLE, ~usable),
+        (ChipFlag.NOT_MEASURED, core == 0),
+        (ChipFlag.FEW_SAMPLES, (core > 0) & (core < min_core_samples)),
+        (ChipFlag.SATURATED, acc[k.N_SAT] > 0),
+    ):
+        flags[where] |= np.uint8(flag)
+    chips["intensity_v"] = intensity
+    chips["peak_v"] = peak
+    chips["integrated_v_um2"] = integrated
+    chips["efficiency_v_per_w"] = intensity / power_w
+    chips["neighbour_ratio"] = np.nan
+    chips["offset_col_um"] = np.clip(centroid_col, -0.5, 0.5) * grid.pitch_x_um
+    chips["offset_row_um"] = np.clip(centroid_row, -0.5, 0.5) * grid.pitch_y_um
+    chips["core_samples"] = np.minimum(core, 255)
+    chips["flags"] = flags
+    return chips
+
+
+def write_chip_band(
+    dataset: h5py.Dataset,
+    first_row: int,
+    chips: np.ndarray,
+    *,
+    row_above: np.ndarray | None,
+    row_below: np.ndarray | None,
+    ratio: h5py.Dataset | None = None,
+    low_pass: h5py.Dataset | None = None,
+) -> np.ndarray:
+    """Fill in a band's neighbour ratios, write it to ``dataset`` at ``first_row`` and, given ``ratio`` and the
+    lowest-power pass ``low_pass``, its efficiency ratio (module docstring, step 7).
+
+    ``row_above`` / ``row_below`` are the intensity rows just below and above the band (None at the map's ends):
+    the neighbour medians then equal those of the whole map. Returns the band's last intensity row (the next
+    band's ``row_above``).
+    """
+    intensity = chips["intensity_v"]
+    values = np.concatenate([part for part in (row_above, intensity, row_below) if part is not None])
+    median = np.empty_like(intensity)
+    kernels.neighbour_median(np.ascontiguousarray(values), median, 0 if row_above is None else 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chips["neighbour_ratio"] = intensity / median
+    last_row = first_row + intensity.shape[0]
+    dataset[first_row:last_row] = chips
+    if low_pass is not None and ratio is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            low = low_pass.fields("efficiency_v_per_w")[first_row:last_row]
+            ratio[first_row:last_row] = low / chips["efficiency_v_per_w"]
+    return intensity[-1:].copy()
+
+
+def results_attributes(
+    settings: AnalysisSettings, placement: Placement, passes: Sequence[PassSummary], powers_w: Sequence[float]
+) -> dict[str, object]:
+    """The ``/results`` group's attributes (docs/results.md, Layout)."""
+    return {
+        "format_name": "plmapper-results",
+        "format_version": RESULTS_FORMAT_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings_json": json.dumps(asdict(settings)),
+        "placement_json": json.dumps(asdict(placement)),
+        "passes_json": json.dumps([asdict(summary) for summary in passes]),
+        "powers_w": np.asarray(powers_w, dtype=np.float64),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The pipeline
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -349,17 +470,7 @@ def analyze_scan(
         analysis = _Analysis(scan, recipe, placement, settings, group=group, report=report)
         summaries = analysis.run()
         analysis.write_spectra(spectra)
-        group.attrs.update(
-            {
-                "format_name": "plmapper-results",
-                "format_version": RESULTS_FORMAT_VERSION,
-                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "settings_json": json.dumps(asdict(settings)),
-                "placement_json": json.dumps(asdict(placement)),
-                "passes_json": json.dumps([asdict(summary) for summary in summaries]),
-                "powers_w": np.asarray(scan.powers_w[: len(summaries)], dtype=np.float64),
-            }
-        )
+        group.attrs.update(results_attributes(settings, placement, summaries, scan.powers_w[: len(summaries)]))
         if "results" in file:
             del file["results"]
         file.move("results_partial", "results")
@@ -515,19 +626,9 @@ class _Analysis:
         """Fill in the band's neighbour ratios (and, on the last pass, the efficiency ratio), write it, and return
         its last intensity row (the next band's row above)."""
         first_row, chips = band
-        intensity = chips["intensity_v"]
-        values = np.concatenate([part for part in (row_above, intensity, row_below) if part is not None])
-        median = np.empty_like(intensity)
-        kernels.neighbour_median(np.ascontiguousarray(values), median, 0 if row_above is None else 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            chips["neighbour_ratio"] = intensity / median
-        last_row = first_row + intensity.shape[0]
-        dataset[first_row:last_row] = chips
-        if low_pass is not None and self.ratio is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                low = low_pass.fields("efficiency_v_per_w")[first_row:last_row]
-                self.ratio[first_row:last_row] = low / chips["efficiency_v_per_w"]
-        return intensity[-1:].copy()
+        return write_chip_band(
+            dataset, first_row, chips, row_above=row_above, row_below=row_below, ratio=self.ratio, low_pass=low_pass
+        )
 
     def _sample_batches(self, lines: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         """Split a band's lines into runs whose samples fit the sample budget (one read each)."""
@@ -544,39 +645,15 @@ class _Analysis:
         return batches
 
     def _finish_band(self, acc: np.ndarray, first_row: int, power_w: float, dark_v: float) -> np.ndarray:
-        k = kernels
-        grid = self.layout.grid
-        rows = acc.shape[1]
-        chips = np.zeros((rows, self.shape[1]), dtype=CHIP_DTYPE)
-        core, footprint, street = acc[k.N_CORE], acc[k.N_FOOT], acc[k.N_STREET]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            intensity = np.where(core > 0, acc[k.SUM_CORE] / core - dark_v, np.nan)
-            peak = np.where(footprint > 0, acc[k.MAX_FOOT] - dark_v, np.nan)
-            excess = acc[k.SUM_FOOT] - footprint * dark_v
-            integrated = np.where(footprint > 0, excess * self.sample_area_um2, np.nan)
-            # centroid of (sample - dark) over the footprint, in chip units from the centre
-            weight = np.where(np.abs(excess) > 1e-12, excess, np.nan)
-            centroid_col = (acc[k.SUM_UI] - dark_v * acc[k.SUM_U]) / weight
-            centroid_row = (acc[k.SUM_VI] - dark_v * acc[k.SUM_V]) / weight
-            chips["street_v"] = np.where(street > 0, acc[k.SUM_STREET] / street, np.nan)
-        flags = np.zeros((rows, self.shape[1]), dtype=np.uint8)
-        for flag, where in (
-            (ChipFlag.OUTSIDE_USABLE, ~self.usable[first_row : first_row + rows]),
-            (ChipFlag.NOT_MEASURED, core == 0),
-            (ChipFlag.FEW_SAMPLES, (core > 0) & (core < self.settings.min_core_samples)),
-            (ChipFlag.SATURATED, acc[k.N_SAT] > 0),
-        ):
-            flags[where] |= np.uint8(flag)
-        chips["intensity_v"] = intensity
-        chips["peak_v"] = peak
-        chips["integrated_v_um2"] = integrated
-        chips["efficiency_v_per_w"] = intensity / power_w
-        chips["neighbour_ratio"] = np.nan
-        chips["offset_col_um"] = np.clip(centroid_col, -0.5, 0.5) * grid.pitch_x_um
-        chips["offset_row_um"] = np.clip(centroid_row, -0.5, 0.5) * grid.pitch_y_um
-        chips["core_samples"] = np.minimum(core, 255)
-        chips["flags"] = flags
-        return chips
+        return chip_records(
+            acc,
+            self.usable[first_row : first_row + acc.shape[1]],
+            grid=self.layout.grid,
+            power_w=power_w,
+            dark_v=dark_v,
+            sample_area_um2=self.sample_area_um2,
+            min_core_samples=self.settings.min_core_samples,
+        )
 
     def _dark_level(self, pass_index: int, offsets: np.ndarray, counts: np.ndarray) -> float:
         """The detector's reading with no chip under the spot: the median of the dimmest 0.2 % of samples of up to
