@@ -1,0 +1,120 @@
+"""The Station and Scan views on the virtual station (the coarse test wafer: a whole scan takes seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from drivers.interfaces import Axis
+from inspection.scanfile import ScanFile, ScanStatus
+from tests.gui.conftest import COARSE_STATION
+
+COARSE_RECIPE = COARSE_STATION.parent / "coarse-recipe.toml"
+
+
+def connect(qtbot, window) -> None:
+    window.station.toggle_connection()
+    qtbot.waitUntil(lambda: window.controller.is_connected, timeout=30_000)
+    qtbot.waitUntil(lambda: "µm" in window.station.position.text(), timeout=10_000)
+
+
+def test_station_scan_and_live_map(qtbot, window, tmp_path: Path) -> None:
+    connect(qtbot, window)
+    station = window.station
+    assert station.identities.rowCount() == 6
+    assert "Zaber" in station.identities.item(0, 1).text()
+    # jog X by the chosen step; the read-back follows
+    station.step.setCurrentIndex(station.step.findData(100.0))
+    with qtbot.waitSignal(window.controller.state, timeout=10_000) as before:
+        window.controller.poll()
+    x0 = before.args[0].x_um
+    with qtbot.waitSignal(window.controller.state, timeout=10_000) as after:
+        station.jog_pad.buttons[(Axis.X, 1.0)].click()
+    assert abs(after.args[0].x_um - x0 - 100.0) < 0.5
+    # laser on shows the emission indicator; off again
+    with qtbot.waitSignal(window.controller.state, timeout=10_000) as on:
+        station.laser_on.click()
+    assert on.args[0].emission and "EMISSION ON" in station.emission.text()
+    with qtbot.waitSignal(window.controller.state, timeout=10_000) as off:
+        station.laser_off.click()
+    assert not off.args[0].emission and "off" in station.emission.text()
+    # a move beyond the stage's limits is a message with what to do, not a traceback
+    station.step.setCurrentIndex(station.step.findData(10_000.0))
+    for _ in range(4):
+        station.jog_pad.buttons[(Axis.Z, -1.0)].click()  # below Z's lower limit
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=10_000)
+    title, text = window.last_error
+    assert "Traceback" not in text and "What to do" in text, (title, text)
+
+    # a whole scan of the coarse wafer; the live map fills in as lines arrive
+    scan = window.scan
+    scan.select_recipe(COARSE_RECIPE)
+    assert scan.recipe is not None and "lines per pass" in scan.plan_text.toPlainText()
+    scan.folder.setText(str(tmp_path))
+    scan.lot.setText("L7")
+    scan.wafer.setText("W3")
+    assert scan.start_button.isEnabled()
+    with qtbot.waitSignal(window.controller.scan_finished, timeout=90_000) as finished:
+        assert scan.request_start()
+    path, status, _message = finished.args
+    assert status == ScanStatus.COMPLETE.value, finished.args
+    assert Path(path) == tmp_path / "L7-W3.h5"
+    with ScanFile(path) as stored:
+        complete = [stored.lines_complete(index) for index in range(stored.pass_count)]
+        assert stored.lot_id == "L7" and stored.wafer_id == "W3"
+    qtbot.waitUntil(lambda: scan.live is not None and scan.live.lines_read == complete, timeout=10_000)
+    live = scan.live
+    usable = live.layout.usable_mask()
+    lit = np.isfinite(live.images[-1]) & usable
+    assert lit.sum() > 0.9 * usable.sum()
+    assert scan.live_map.overview.image is not None
+    assert scan.progress.value() == 1000
+    # the finished scan opens in Review, offering the analysis
+    qtbot.waitUntil(lambda: window.review.document is not None, timeout=10_000)
+    assert window.review.banner_button.text() == "Analyse now"
+
+
+def test_recipe_problems_are_shown_on_the_field(qtbot, window) -> None:
+    scan = window.scan
+    scan.select_recipe(COARSE_RECIPE)
+    powers = scan.field_widgets["excitation.powers_w"]
+    powers.setText("20, 2")
+    powers.textEdited.emit("20, 2")
+    assert scan.recipe is None
+    assert "strictly ascending" in powers.toolTip()
+    assert "border" in powers.styleSheet()
+    assert not scan.start_button.isEnabled()
+    rate = scan.field_widgets["sampling.sample_rate_hz"]
+    assert rate.styleSheet() == ""
+    powers.setText("2, 20")
+    powers.textEdited.emit("2, 20")
+    assert scan.recipe is not None and powers.styleSheet() == ""
+
+
+def test_aborted_scan_is_offered_for_resume_and_resumes(qtbot, window, tmp_path: Path) -> None:
+    connect(qtbot, window)
+    scan = window.scan
+    scan.select_recipe(COARSE_RECIPE)
+    scan.folder.setText(str(tmp_path))
+
+    def abort_early(progress) -> None:
+        if progress.lines_done >= 3:
+            scan.request_abort()
+
+    window.controller.scan_progress.connect(abort_early)
+    with qtbot.waitSignal(window.controller.scan_finished, timeout=60_000) as finished:
+        assert scan.request_start()
+    window.controller.scan_progress.disconnect(abort_early)
+    _path, status, _ = finished.args
+    assert status == ScanStatus.ABORTED.value
+    # the stopped scan opens in Review with the offer to resume it
+    qtbot.waitUntil(lambda: window.review.document is not None, timeout=10_000)
+    assert window.review.banner_button.text() == "Resume scan…"
+    window.review.banner_button.click()
+    assert window.tabs.currentWidget() is scan and scan.resume_box.isChecked()
+    assert scan.start_button.text().startswith("Resume")
+    assert window.review.document is None  # let go: the resumed scan writes the file
+    with qtbot.waitSignal(window.controller.scan_finished, timeout=60_000) as resumed:
+        assert scan.request_start()
+    assert resumed.args[1] == ScanStatus.COMPLETE.value, resumed.args
