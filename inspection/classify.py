@@ -33,9 +33,11 @@ How a chip's class is decided (bands of rows, so memory does not grow with the w
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,12 @@ import h5py
 import numpy as np
 
 from inspection.bins import NO_CHIP, BinTable, DefectClass, bin_table_from_json, default_bin_table
-from inspection.el_reference import ElFailMode
-from inspection.features import FeatureSettings, band_features, wafer_trends
-from inspection.model import DefectModel
+from inspection.el_reference import FAIL_MODE_UNSPECIFIED, NOT_PROBED, ElFailMode, read_el_reference
+from inspection.evaluation import Evaluation, evaluate_predictions
+from inspection.features import FEATURE_NAMES, FeatureSettings, band_features, wafer_trends
+from inspection.model import DefectModel, TrainingWafer
 from inspection.pipeline import ChipResults
-from inspection.recipe import ClassificationSettings, Recipe, recipe_from_text
+from inspection.recipe import ClassificationSettings, Recipe, stored_recipe
 from inspection.rules import classify_features, spectral_outliers
 from inspection.scanfile import ScanFile
 from inspection.settings import to_mapping
@@ -58,8 +61,12 @@ __all__ = [
     "CLASSIFICATION_FORMAT_VERSION",
     "Classification",
     "ClassifyOptions",
+    "WaferEvaluation",
+    "classify",
     "classify_scan",
+    "evaluate_scan",
     "read_classification",
+    "reference_chips",
     "scan_layout",
     "write_classification",
 ]
@@ -208,11 +215,25 @@ class ClassifyOptions:
 
 def scan_layout(path: str | Path) -> tuple[Recipe, WaferLayout]:
     """The recipe stored in a scan file and its chip layout."""
-    with ScanFile(path) as scan:
-        if not scan.recipe_toml:
-            raise ValueError(f"{path}: the file holds no recipe; the chip grid is unknown")
-        recipe = recipe_from_text(scan.recipe_toml, source=f"{path}:/settings/recipe_toml")
+    recipe = stored_recipe(path)
     return recipe, recipe.layout()
+
+
+def _plain_record(record: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass as JSON-ready values (enums by name, NaN as None)."""
+    return {name: _plain_value(value) for name, value in asdict(record).items() if name not in skip}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.name.lower()
+    if isinstance(value, (tuple, list)):
+        return [_plain_value(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def _band_classes(
@@ -266,6 +287,24 @@ def classify_scan(
     ValueError
         The file has no analysis results, fewer than two excitation powers, or no recipe.
     """
+    classification = classify(path, options, progress=progress)
+    write_classification(path, classification)
+    return classification
+
+
+def classify(
+    path: str | Path,
+    options: ClassifyOptions | None = None,
+    *,
+    progress: Callable[[float, str], None] | None = None,
+) -> Classification:
+    """Classify an analysed scan file without storing the result (:func:`classify_scan` stores it).
+
+    Raises
+    ------
+    ValueError
+        The file has no analysis results, fewer than two excitation powers, or no recipe.
+    """
     options = options or ClassifyOptions()
     report = progress or (lambda fraction, message: None)
     path = Path(path)
@@ -293,11 +332,13 @@ def classify_scan(
     classes[~layout.physical_mask()] = NO_CHIP
     report(0.85, "looking for wafer-scale structures")
     el_fail = options.bin_table.el_fail_of(classes)
-    spatial = find_defect_structures(el_fail, layout, settings=options.spatial)
+    # only what was inspected counts: on a partial scan the rest would dilute the wafer's point-defect level
+    inspected = (classes != NO_CHIP) & (classes != DefectClass.NOT_INSPECTED)
+    spatial = find_defect_structures(el_fail, layout, inspected_map=inspected, settings=options.spatial)
     for kind, defect_class in _STRUCTURE_CLASS.items():
         member = (spatial.kind_map == kind) & np.isin(classes, _RECLASSIFIED_BY_STRUCTURE)
         classes[member] = defect_class
-    signature = wafer_signature(el_fail, layout, spatial.structures)
+    signature = wafer_signature(el_fail, layout, spatial.structures, inspected_map=inspected, settings=options.spatial)
     drift: dict[str, Any] = {}
     if options.model is not None and drift_rows:
         drift = options.model.drift(np.concatenate(drift_rows)).to_json()
@@ -313,10 +354,89 @@ def classify_scan(
         bin_table=options.bin_table,
         classifier=classifier,
         signature=signature.label.value,
-        signature_evidence=signature.evidence,
-        structures=[structure.to_json() for structure in spatial.structures],
+        signature_evidence=_plain_record(signature, skip=("label",)),
+        structures=[_plain_record(structure) for structure in spatial.structures],
         drift=drift,
     )
-    write_classification(path, classification)
     report(1.0, "classification complete")
     return classification
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# EL reference wafers: training rows and evaluation
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _el_modes(path: Path, layout: WaferLayout) -> np.ndarray:
+    reference = read_el_reference(path)
+    if reference is None:
+        raise ValueError(
+            f"{path}: no EL reference data; import the prober's results first (plmapper import el {path.name} FILE.csv)"
+        )
+    return reference.fail_mode_map(layout)
+
+
+def reference_chips(path: str | Path, options: ClassifyOptions | None = None) -> TrainingWafer:
+    """Training rows of an EL reference wafer: the features and EL fail mode of every chip that was both
+    inspected and probed (chips whose failure has no stated mode are left out: nothing to learn from them)."""
+    options = options or ClassifyOptions()
+    path = Path(path)
+    recipe, layout = scan_layout(path)
+    modes = _el_modes(path, layout)
+    grid = recipe.grid
+    shape = (layout.row_count, layout.column_count)
+    parts: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    with ChipResults(path) as results:
+        trends = wafer_trends(results, shape, (grid.pitch_y_um, grid.pitch_x_um), options.features)
+        band = options.features.band_rows
+        for first in range(0, shape[0], band):
+            rows = slice(first, min(first + band, shape[0]))
+            band_modes = modes[rows]
+            probed = (band_modes != NOT_PROBED) & (band_modes != FAIL_MODE_UNSPECIFIED)
+            if not probed.any():
+                continue
+            features, inspected = band_features(results, trends, rows, (grid.chip_height_um, grid.chip_width_um))
+            chosen = probed & inspected
+            parts.append(features[chosen])
+            labels.append(band_modes[chosen])
+    features = np.concatenate(parts) if parts else np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
+    el_mode = np.concatenate(labels) if labels else np.zeros(0, dtype=np.uint8)
+    with ScanFile(path) as scan:
+        identity = {"lot_id": scan.lot_id, "wafer_id": scan.wafer_id}
+    return TrainingWafer(path.name, features, el_mode, source={"path": str(path), **identity})
+
+
+@dataclass(frozen=True)
+class WaferEvaluation:
+    """A classified wafer against its EL reference."""
+
+    path: Path
+    evaluation: Evaluation
+    probed_not_inspected: int  # probed chips outside the usable area: in neither figure
+    classifier: dict[str, Any]
+
+
+def evaluate_scan(path: str | Path, classification: Classification | None = None) -> WaferEvaluation:
+    """Compare a scan's classification (the stored one by default) with its EL reference, chip by chip.
+
+    The prediction is the bin's ``el_fail`` (the product's bin table says which bins predict an EL failure); the
+    chips compared are those both inspected and probed.
+
+    Raises
+    ------
+    ValueError
+        No classification or no EL reference in the file.
+    """
+    path = Path(path)
+    classification = classification or read_classification(path)
+    if classification is None:
+        raise ValueError(f"{path}: not classified yet; run plmapper classify {path.name} first")
+    _, layout = scan_layout(path)
+    modes = _el_modes(path, layout)
+    classes = classification.defect_class
+    probed = modes != NOT_PROBED
+    inspected = (classes != NO_CHIP) & (classes != DefectClass.NOT_INSPECTED)
+    chosen = probed & inspected
+    evaluation = evaluate_predictions(classification.bin_table.el_fail_of(classes[chosen]), modes[chosen])
+    return WaferEvaluation(path, evaluation, int((probed & ~inspected).sum()), classification.classifier)

@@ -69,7 +69,7 @@ import h5py
 import numpy as np
 import tomli_w
 
-from inspection.recipe import _declared_problems, recipe_from_text
+from inspection.recipe import _declared_problems, stored_recipe
 from inspection.scanfile import ScanFile, ScanFileError
 from inspection.settings import from_mapping, load_toml, setting, to_mapping
 from inspection.wafer import WaferLayout
@@ -1144,26 +1144,11 @@ def import_el_csv(
     """
     if mapping is not None and not isinstance(mapping, ElCsvMapping):
         mapping = load_el_mapping(mapping)
-    layout = scan_layout(scan_path)
+    layout = stored_recipe(scan_path).layout()
     reference = load_el_csv(csv_path, mapping)
     report = join_to_layout(reference, layout, max_unmatched_fraction=max_unmatched_fraction)
     write_el_reference(scan_path, reference)
     return report
-
-
-def scan_layout(scan_path: str | Path) -> WaferLayout:
-    """The chip layout of a scan file's stored recipe.
-
-    Raises
-    ------
-    ValueError
-        The file holds no recipe (an imported map without one), so the chip grid is unknown.
-    """
-    with ScanFile(scan_path) as scan:
-        text, where = scan.recipe_toml, scan.path
-    if not text:
-        raise ValueError(f"{where}: the file holds no recipe; the chip grid is unknown")
-    return recipe_from_text(text, source=f"{where}:/settings/recipe_toml").layout()
 
 
 def _text(value: Any) -> str:

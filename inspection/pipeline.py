@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import IntFlag
 from pathlib import Path
@@ -53,7 +53,7 @@ import numpy as np
 from cext import chip_kernels as kernels
 from inspection.alignment import phase_of, wrap
 from inspection.recipe import Recipe, ScanMode, recipe_from_text
-from inspection.scanfile import ScanFile
+from inspection.scanfile import ScanFile, ScanFileError
 from inspection.spectra_analysis import SPECTRUM_RESULT_DTYPE, chip_map, fit_spectra
 from inspection.wafer import ChipGrid, Placement, WaferLayout
 
@@ -67,9 +67,11 @@ __all__ = [
     "RegistrationError",
     "analyze_scan",
     "chip_records",
+    "create_results_datasets",
     "line_geometry",
     "results_attributes",
     "write_chip_band",
+    "write_pass_bands",
 ]
 
 RESULTS_FORMAT_VERSION = 1
@@ -247,6 +249,34 @@ class _PassLines:
     bidirectional_offset_um: float
 
 
+@dataclass(frozen=True)
+class _PassPlan:
+    """What a pass's bands need besides their samples, measured on the pass as a whole before any band (module
+    docstring, steps 1-3 and 5). Small (a few arrays per line), so bands can be done elsewhere
+    (:mod:`inspection.distributed`) with the same numbers."""
+
+    lines: _PassLines
+    power_w: float
+    dark_v: float
+    loss: np.ndarray | None  # the sampling-phase divisor per phase bin; None when too few chips to measure it
+    registration_col: float
+    registration_row: float
+    power_spread: float
+
+    def summary(self, chips_measured: int) -> PassSummary:
+        return PassSummary(
+            power_w=self.power_w,
+            lines=int(self.lines.counts.size),
+            bidirectional_offset_um=self.lines.bidirectional_offset_um,
+            registration_col=self.registration_col,
+            registration_row=self.registration_row,
+            power_spread=self.power_spread,
+            chips_measured=chips_measured,
+            dark_v=self.dark_v,
+            line_phase_loss=[] if self.loss is None else [float(value) for value in self.loss],
+        )
+
+
 def _comb_component(
     samples: np.ndarray, offsets: np.ndarray, counts: np.ndarray, origin: np.ndarray, step: np.ndarray
 ) -> complex:
@@ -384,6 +414,55 @@ def write_chip_band(
     return intensity[-1:].copy()
 
 
+def create_results_datasets(
+    group: h5py.Group, shape: tuple[int, int], passes: Sequence[int], powers_w: Sequence[float]
+) -> tuple[dict[int, h5py.Dataset], h5py.Dataset | None]:
+    """Create the chip record datasets of ``passes`` in ``group`` and, with two passes or more, the efficiency
+    ratio (lowest over highest pass); returns them (docs/results.md, Layout)."""
+    chunks = (min(64, shape[0]), min(1024, shape[1]))
+    datasets = {}
+    for index in passes:
+        dataset = group.create_dataset(f"pass_{index:03d}/chips", shape=shape, dtype=CHIP_DTYPE, chunks=chunks)
+        dataset.attrs["power_w"] = float(powers_w[index])
+        datasets[index] = dataset
+    ratio = None
+    if len(passes) > 1:
+        ratio = group.create_dataset("efficiency_ratio", shape=shape, dtype="<f4", chunks=chunks)
+        ratio.attrs["passes"] = [passes[0], passes[-1]]
+    return datasets, ratio
+
+
+def write_pass_bands(
+    dataset: h5py.Dataset,
+    bands: Iterable[tuple[int, np.ndarray]],
+    *,
+    ratio: h5py.Dataset | None = None,
+    low_pass: h5py.Dataset | None = None,
+) -> int:
+    """Write a pass's bands of chip records (``(first_row, records)``, consecutive from row 0 to the last row) with
+    :func:`write_chip_band`, one band held back until the next arrives for its neighbour medians, and return how
+    many chips were measured. Given ``ratio`` and ``low_pass``, the efficiency ratio is written too."""
+    measured = 0
+    held: tuple[int, np.ndarray] | None = None
+    row_above: np.ndarray | None = None
+    next_row = 0
+    for first_row, chips in bands:
+        if first_row != next_row:
+            raise ValueError(f"bands must be consecutive: expected one from row {next_row}, got {first_row}")
+        next_row = first_row + chips.shape[0]
+        measured += int(np.count_nonzero(chips["core_samples"]))
+        if held is not None:
+            row_above = write_chip_band(
+                dataset, *held, row_above=row_above, row_below=chips["intensity_v"][:1], ratio=ratio, low_pass=low_pass
+            )
+        held = (first_row, chips)
+    if held is not None:
+        write_chip_band(dataset, *held, row_above=row_above, row_below=None, ratio=ratio, low_pass=low_pass)
+    if next_row != dataset.shape[0]:
+        raise ValueError(f"bands end at row {next_row}; the map has {dataset.shape[0]} rows")
+    return measured
+
+
 def results_attributes(
     settings: AnalysisSettings, placement: Placement, passes: Sequence[PassSummary], powers_w: Sequence[float]
 ) -> dict[str, object]:
@@ -462,6 +541,16 @@ def analyze_scan(
             if alignment is not None
             else Placement()
         )
+        if not any(scan.lines_complete(index) for index in range(scan.pass_count)):
+            # checked before anything is written: an imported map has results but no raw lines to redo them from
+            raise ScanFileError(
+                f"{path}: no complete raw line to analyse"
+                + (
+                    "; it is an imported map whose results are stored already: classify it"
+                    if "results" in scan.h5file
+                    else ""
+                )
+            )
         spectra = scan.spectra()
         file = scan.h5file
         if "results_partial" in file:
@@ -487,9 +576,11 @@ class _Analysis:
         placement: Placement,
         settings: AnalysisSettings,
         *,
-        group: h5py.Group,
+        group: h5py.Group | None,
         report: ProgressCallback,
     ) -> None:
+        """``group`` receives the results (None: measure passes and bands without writing, as a worker of
+        :mod:`inspection.distributed` does)."""
         self.scan, self.recipe, self.placement, self.settings = scan, recipe, placement, settings
         self.group, self.report = group, report
         self.layout = recipe.layout()
@@ -506,25 +597,45 @@ class _Analysis:
         per_row = self.shape[1] * (kernels.FIELD_COUNT * 8 + CHIP_DTYPE.itemsize + 16)
         self.band_rows = int(max(1, min(self.shape[0], settings.memory_mb * 2**20 * 0.6 // per_row)))
         self.sample_budget = int(settings.memory_mb * 2**20 * 0.4 // 4)
-        self.chunks = (min(64, self.shape[0]), min(1024, self.shape[1]))
 
     # -- passes ------------------------------------------------------------------------------------------------------
+    def passes(self) -> list[int]:
+        """The passes with complete lines (the ones analysed)."""
+        return [index for index in range(self.scan.pass_count) if self.scan.lines_complete(index) > 0]
+
     def run(self) -> list[PassSummary]:
-        passes = [index for index in range(self.scan.pass_count) if self.scan.lines_complete(index) > 0]
+        passes = self.passes()
         if not passes:
             raise ValueError(f"{self.scan.path}: no complete line to analyse")
-        self.first_pass, self.passes_done, self.ratio = passes[0], 0, None
+        if self.group is None:
+            raise ValueError("no results group to write to")
+        datasets, ratio = create_results_datasets(self.group, self.shape, passes, self.scan.powers_w)
         summaries = []
-        for index in passes:
-            if len(passes) > 1 and index == passes[-1]:  # written band by band with the last pass
-                self.ratio = self.group.create_dataset(
-                    "efficiency_ratio", shape=self.shape, dtype="<f4", chunks=self.chunks
-                )
-                self.ratio.attrs["passes"] = [passes[0], passes[-1]]
-            summaries.append(self._pass(index, len(passes)))
+        for done, index in enumerate(passes):
+            plan = self.prepare_pass(index)
+
+            def bands(plan: _PassPlan = plan, done: int = done) -> Iterable[tuple[int, np.ndarray]]:
+                for first_row in range(0, self.shape[0], self.band_rows):
+                    last_row = min(first_row + self.band_rows, self.shape[0])
+                    self.report(
+                        0.95 * (done + first_row / self.shape[0]) / len(passes),
+                        f"pass {plan.lines.pass_index}: chip rows {first_row}..{last_row - 1}",
+                    )
+                    yield first_row, self.band_chips(plan, first_row, last_row)
+
+            last = ratio is not None and index == passes[-1]  # the efficiency ratio is written with the last pass
+            measured = write_pass_bands(
+                datasets[index],
+                bands(),
+                ratio=ratio if last else None,
+                low_pass=datasets[passes[0]] if last else None,
+            )
+            summaries.append(plan.summary(measured))
         return summaries
 
-    def _pass(self, pass_index: int, pass_count: int) -> PassSummary:
+    def prepare_pass(self, pass_index: int) -> _PassPlan:
+        """Measure what the pass's bands need: bidirectional offset, registration (raises RegistrationError), laser
+        drift gains, dark level and sampling-phase loss."""
         scan, settings = self.scan, self.settings
         records = scan.line_records(pass_index)
         plan = scan.plan_lines[records["line_index"]]
@@ -541,47 +652,18 @@ class _Analysis:
         dark_v = self._dark_level(pass_index, offsets, counts)
         lines = _PassLines(pass_index, geometry, offsets, counts, gains, plan, offset_um)
         loss = self._line_phase_loss(lines, power_w, dark_v)
+        return _PassPlan(lines, power_w, dark_v, loss, registration_col, registration_row, spread)
 
-        dataset = self.group.create_dataset(
-            f"pass_{pass_index:03d}/chips", shape=self.shape, dtype=CHIP_DTYPE, chunks=self.chunks
-        )
-        dataset.attrs["power_w"] = power_w
-        low_pass = self.group[f"pass_{self.first_pass:03d}/chips"] if self.ratio is not None else None
-        measured = 0
-        # one band is held back until the next is done: its neighbour medians need the next band's first row
-        held: tuple[int, np.ndarray] | None = None
-        row_above: np.ndarray | None = None
-        for first_row in range(0, self.shape[0], self.band_rows):
-            last_row = min(first_row + self.band_rows, self.shape[0])
-            self.report(
-                0.95 * (self.passes_done + first_row / self.shape[0]) / pass_count,
-                f"pass {pass_index}: chip rows {first_row}..{last_row - 1}",
-            )
-            chips = self._finish_band(self._accumulate(lines, first_row, last_row), first_row, power_w, dark_v)
-            if loss is not None:
-                divisor = loss[self._phase_bins(lines, first_row, last_row)]
-                chips["intensity_v"] /= divisor
-                chips["efficiency_v_per_w"] /= divisor
-            measured += int(np.count_nonzero(chips["core_samples"]))
-            if held is not None:
-                row_above = self._write_band(
-                    dataset, held, low_pass=low_pass, row_above=row_above, row_below=chips["intensity_v"][:1]
-                )
-            held = (first_row, chips)
-        if held is not None:
-            self._write_band(dataset, held, low_pass=low_pass, row_above=row_above, row_below=None)
-        self.passes_done += 1
-        return PassSummary(
-            power_w=power_w,
-            lines=int(records.size),
-            bidirectional_offset_um=offset_um,
-            registration_col=registration_col,
-            registration_row=registration_row,
-            power_spread=spread,
-            chips_measured=measured,
-            dark_v=dark_v,
-            line_phase_loss=[] if loss is None else [float(value) for value in loss],
-        )
+    def band_chips(self, plan: _PassPlan, first_row: int, last_row: int) -> np.ndarray:
+        """``CHIP_DTYPE`` records of chip rows ``first_row .. last_row - 1``, sampling phase divided out, neighbour
+        ratio not yet filled in (:func:`write_pass_bands` does that)."""
+        lines = plan.lines
+        chips = self._finish_band(self._accumulate(lines, first_row, last_row), first_row, plan.power_w, plan.dark_v)
+        if plan.loss is not None:
+            divisor = plan.loss[self._phase_bins(lines, first_row, last_row)]
+            chips["intensity_v"] /= divisor
+            chips["efficiency_v_per_w"] /= divisor
+        return chips
 
     def _accumulate(self, lines: _PassLines, first_row: int, last_row: int) -> np.ndarray:
         """The kernel's per-chip sums over chip rows ``first_row .. last_row - 1``."""
@@ -613,22 +695,6 @@ class _Analysis:
                 acc,
             )
         return acc
-
-    def _write_band(
-        self,
-        dataset: h5py.Dataset,
-        band: tuple[int, np.ndarray],
-        *,
-        low_pass: h5py.Dataset | None,
-        row_above: np.ndarray | None,
-        row_below: np.ndarray | None,
-    ) -> np.ndarray:
-        """Fill in the band's neighbour ratios (and, on the last pass, the efficiency ratio), write it, and return
-        its last intensity row (the next band's row above)."""
-        first_row, chips = band
-        return write_chip_band(
-            dataset, first_row, chips, row_above=row_above, row_below=row_below, ratio=self.ratio, low_pass=low_pass
-        )
 
     def _sample_batches(self, lines: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
         """Split a band's lines into runs whose samples fit the sample budget (one read each)."""

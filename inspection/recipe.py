@@ -57,6 +57,7 @@ import tomli_w
 
 from drivers.keithley_dmm6500 import MAX_SAMPLE_COUNT, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from drivers.yokogawa import MAX_POINTS, MAX_WAVELENGTH_NM, MIN_POINTS, MIN_WAVELENGTH_NM, RESOLUTIONS_NM
+from inspection.scanfile import ScanFile
 from inspection.settings import SettingsError, _in_range, _range_text, from_mapping, load_toml, setting, to_mapping
 from inspection.wafer import ROTATION_LIMIT_DEG, SUBSTRATE_DIAMETERS_MM, ChipGrid, Substrate, WaferLayout
 
@@ -76,6 +77,7 @@ __all__ = [
     "load_recipe",
     "recipe_from_text",
     "recipe_to_toml",
+    "stored_recipe",
 ]
 
 MAX_POWERS = 8
@@ -587,6 +589,21 @@ def recipe_from_text(text: str, *, source: str = "") -> Recipe:
     except tomllib.TOMLDecodeError as error:
         raise SettingsError([f"not valid TOML: {error}"], source=source or "recipe text") from None
     return from_mapping(Recipe, data, source=source or "recipe text")
+
+
+def stored_recipe(scan_path: str | Path) -> Recipe:
+    """The recipe stored in a scan file (``/settings/recipe_toml``).
+
+    Raises
+    ------
+    ValueError
+        The file holds no recipe, so its chip grid is unknown (or the stored recipe is invalid).
+    """
+    with ScanFile(scan_path) as scan:
+        text, where = scan.recipe_toml, scan.path
+    if not text:
+        raise ValueError(f"{where}: the file holds no recipe; the chip grid is unknown")
+    return recipe_from_text(text, source=f"{where}:/settings/recipe_toml")
 
 
 def recipe_to_toml(recipe: Recipe) -> str:

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import tifffile
 import tomli_w
 from scipy.stats import spearmanr
 
+from app.cli import main
 from cext import chip_kernels as k
 from drivers.virtual.profile import load_profile
 from drivers.virtual.world import DefectFlag, WaferWorld
@@ -543,3 +545,16 @@ def test_relative_image_paths_are_taken_from_the_sidecar_folder(cameras) -> None
     plmap = load_pl_map_sidecar(camera.sidecar_path)
     assert [Path(entry.file).parent for entry in plmap.passes] == [camera.directory] * 2
     assert [entry.power_w for entry in plmap.passes] == list(POWERS_W)
+
+
+def test_an_imported_map_is_classified_not_reanalysed(cameras, tmp_path: Path, capsys, monkeypatch) -> None:
+    _, path = cameras["u16"]
+    imported = tmp_path / "imported.h5"
+    imported.write_bytes(path.read_bytes())
+    monkeypatch.setenv("PLMAPPER_HOME", str(tmp_path / "home"))
+    assert main(["analyze", str(imported)]) == 2
+    assert "imported map whose results are stored already: classify it" in capsys.readouterr().err
+    with h5py.File(imported, "r") as file:
+        assert "results_partial" not in file and "results" in file
+    assert main(["classify", str(imported)]) == 0
+    assert "yield" in capsys.readouterr().out

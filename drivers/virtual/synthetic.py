@@ -7,6 +7,9 @@ station uses (:meth:`WaferWorld.pl_signal_v`, noise included), and writes an ord
 station adds on top can be injected: a digitizer latency (forward and reverse lines drift apart), an error in
 the stored alignment, a laser power drift that the power meter records.
 
+:func:`write_reference_wafer` adds what a classifier needs to learn from: the analysis and the virtual prober's
+EL results of every chip.
+
 The scan file says where it came from (``settings/extra``: ``source = synthetic``); it is never mistaken for a
 measurement.
 """
@@ -20,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from drivers.virtual.profile import WaferProfile
-from drivers.virtual.world import WaferWorld
+from drivers.virtual.world import WaferWorld, export_el_csv
+from inspection.el_reference import import_el_csv
+from inspection.pipeline import analyze_scan
 from inspection.plan import plan_scan
 from inspection.recipe import Recipe, recipe_to_toml
 from inspection.scanfile import ScanFileWriter, ScanStatus
@@ -122,3 +127,20 @@ def write_synthetic_scan(
                     progress(done, total)
         writer.finish(ScanStatus.COMPLETE, "synthetic scan complete")
     return Path(path)
+
+
+def write_reference_wafer(
+    path: str | Path, profile: WaferProfile, recipe: Recipe, *, lines: slice = slice(None)
+) -> Path:
+    """An EL reference wafer for classifier training and evaluation: the synthetic scan of ``profile``'s wafer,
+    analysed, with the virtual prober's results of every chip imported as its ``/el_reference``.
+
+    The prober's CSV is written next to the scan file (same name, ``.csv``), as a real prober's export would be.
+    """
+    path = Path(path)
+    write_synthetic_scan(path, profile, recipe, lines=lines)
+    analyze_scan(path)
+    csv = path.with_suffix(".csv")
+    export_el_csv(WaferWorld(profile), csv)
+    import_el_csv(path, csv)
+    return path
