@@ -4,12 +4,14 @@ off and the probe down whenever current flows, and the station safe on every way
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from app.cli import main
 from drivers.errors import InstrumentError
 from drivers.interfaces import Axis
 from drivers.station import Station, load_station_config, open_station
@@ -330,3 +332,24 @@ def test_bad_settings_and_chips_are_refused_before_anything_moves(virtual, world
         with pytest.raises(ValueError, match=beyond):
             run_el_probe(scan_path, too_high, station=station, chips=(truth["col"][:1], truth["row"][:1]))
         assert station.stage.positions_um() == before
+
+
+def test_probe_command(
+    profile_path: Path, truth: dict[str, np.ndarray], scan_path: Path, tmp_path: Path, capsys
+) -> None:
+    station = tmp_path / "station.toml"
+    text = STATION.read_text()
+    station.write_text(re.sub(r'virtual_profile = ".*"', f'virtual_profile = "{profile_path}"', text))
+    config = tmp_path / "probe.toml"
+    config.write_text(f"[probe]\ncontact_z_um = {load_profile(profile_path).stage.probe_contact_z_um}\n")
+    code = main(["probe", str(scan_path), "--config", str(config), "--station", str(station), "--chips", "6"])
+    assert code == 0, capsys.readouterr().err
+    assert "probed 6 chips" in capsys.readouterr().out
+    reference = read_el_reference(scan_path)
+    expected = {
+        (int(c), int(r)): int(e) for c, r, e in zip(truth["col"], truth["row"], truth["el_result"], strict=True)
+    }
+    assert all(expected[(int(c), int(r))] == int(m) for c, r, m in reference.records[["col", "row", "fail_mode"]])
+    config.write_text("[probe]\n")  # no contact height: refused before anything moves
+    assert main(["probe", str(scan_path), "--config", str(config), "--station", str(station)]) == 2
+    assert "contact_z_um: missing" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from app.cli import main
 from drivers.virtual.profile import load_profile
 from drivers.virtual.synthetic import write_synthetic_scan
 from drivers.virtual.world import (
@@ -490,3 +491,18 @@ def test_demo_wafer_export_round_trips_through_a_scan_file(tmp_path: Path) -> No
     stored = read_el_reference(scan)
     table = world.truth_rows(0, world.layout.row_count)
     np.testing.assert_array_equal(stored.records["fail_mode"], classify_el(table, profile.el_test))
+
+
+def test_command_line_import_and_truth_export(
+    scan_path: Path, profile_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth, csv = tmp_path / "truth.h5", tmp_path / "prober.csv"
+    assert main(["station", "truth", "--profile", str(profile_path), "--out", str(truth), "--csv", str(csv)]) == 0
+    assert csv.read_text().startswith("#")
+    assert main(["import", "el", str(scan_path), str(csv)]) == 0
+    assert "fail modes:" in capsys.readouterr().out
+    bad = write_csv(tmp_path / "bad.csv", HEADER + "10,10,2.96,0.1,0,MAYBE,1\n")
+    assert main(["import", "el", str(scan_path), str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert "bad.csv" in error and "MAYBE" in error and "Traceback" not in error
+    assert read_el_reference(scan_path).provenance["source_file"] == "prober.csv"  # the refused file wrote nothing
