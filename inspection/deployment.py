@@ -19,20 +19,15 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from inspection.home import station_home
 from inspection.model import DefectModel, ModelFileError, load_model
 
-__all__ = ["current_model_info", "deploy_model", "deployed_model", "station_home"]
-
-
-def station_home() -> Path:
-    """The station's data directory: ``$PLMAPPER_HOME``, or ``~/.plmapper``."""
-    return Path(os.environ.get("PLMAPPER_HOME") or Path.home() / ".plmapper")
+__all__ = ["current_model_info", "deploy_model", "deployed_model"]
 
 
 def _store() -> Path:

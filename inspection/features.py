@@ -6,7 +6,8 @@ overall, or has a slow centre-to-edge gradient, does not look defective:
 - ``log_rel_intensity_high`` / ``_low``: log10 of the chip's intensity at the highest / lowest excitation power
   over the wafer *trend* at its place. The trend is the median intensity of the chips in blocks of
   :attr:`FeatureSettings.trend_block_um` (2 mm), interpolated between block centres: it follows process gradients
-  but not a particle's shadow or a dead chip, which are far smaller than a block.
+  but not a particle's shadow or a dead chip, which are far smaller than a block (at least 8 chips across on
+  coarse grids).
 - ``log_rel_ratio``: log10 of the low/high efficiency ratio (the leakage signature) over its trend.
 - ``neighbour_ratio_high`` / ``_low``: intensity over the median of the 8 neighbours (from the pipeline).
 - ``peak_to_intensity``: the brightest sample over the core mean at high power: a chip lit only on one side, or
@@ -67,6 +68,9 @@ class FeatureSettings:
 
     trend_block_um: float = setting(
         2000.0, minimum=200.0, maximum=50000.0, unit="µm", doc="block side of the trend's medians"
+    )
+    min_block_side_chips: int = setting(
+        8, minimum=1, maximum=10000, doc="blocks are at least this many chips across (coarse grids)"
     )
     min_block_chips: int = setting(25, minimum=1, maximum=100000, doc="fewer inspected chips: block has no median")
     band_rows: int = setting(512, minimum=16, maximum=100000, doc="chip rows processed at once")
@@ -146,9 +150,10 @@ def wafer_trends(
     """
     settings = settings or FeatureSettings()
     high, low = _pass_order(results)
+    # a block must hold enough chips for its median to mean something, whatever the pitch
     block = (
-        max(1, round(settings.trend_block_um / pitch_um[0])),
-        max(1, round(settings.trend_block_um / pitch_um[1])),
+        max(settings.min_block_side_chips, round(settings.trend_block_um / pitch_um[0])),
+        max(settings.min_block_side_chips, round(settings.trend_block_um / pitch_um[1])),
     )
     rows = layout_shape[0]
     band = max(block[0], settings.band_rows // block[0] * block[0])
