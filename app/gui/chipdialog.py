@@ -9,6 +9,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QDialog,
+    QFormLayout,
     QGridLayout,
     QGroupBox,
     QLabel,
@@ -60,14 +61,20 @@ class ChipDialog(QDialog):
         layout = QGridLayout(self)
         layout.addWidget(self._header(details, table), 0, 0, 1, 2)
         self.values = self._values_table(details)
-        layout.addWidget(self.values, 1, 0)
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.values, 1)
+        self.el_box = self._el_view(details)
+        left_layout.addWidget(self.el_box)
+        layout.addWidget(left, 1, 0)
         layout.addWidget(self._neighbour_view(details, table), 1, 1)
         layout.addWidget(self._spectrum_view(details), 2, 0, 1, 2)
         layout.setColumnStretch(0, 3)
         layout.setColumnStretch(1, 2)
         layout.setRowStretch(1, 3)
         layout.setRowStretch(2, 2)
-        self.resize(880, 760)
+        self.resize(900, 860)
 
     def _header(self, details: ChipDetails, table: BinTable | None) -> QLabel:
         parts = [
@@ -103,6 +110,46 @@ class ChipDialog(QDialog):
         table.horizontalHeader().setStretchLastSection(True)
         table.resizeColumnsToContents()
         return table
+
+    def _el_view(self, details: ChipDetails) -> QGroupBox:
+        """The chip's EL reference values and how the PL prediction compares with them."""
+        box = QGroupBox("EL reference")
+        box.setObjectName("elBox")
+        form = QFormLayout(box)
+        form.setContentsMargins(8, 4, 8, 4)
+        self.el_labels: dict[str, QLabel] = {}
+
+        def add(key: str, label: str, text: str) -> None:
+            value = QLabel(text)
+            value.setObjectName(f"el_{key}")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self.el_labels[key] = value
+            form.addRow(label, value)
+
+        probability = format_value(details.el_fail_probability, "{:.3f}")
+        if details.el_fail_predicted is None:
+            predicted = "— (not classified or not inspected)"
+        else:
+            predicted = f"{'fails' if details.el_fail_predicted else 'passes'} EL (P(EL fail) = {probability})"
+        el = details.el
+        if not details.has_el_reference:
+            add("result", "EL result:", "no EL reference in this file (import the prober's results first)")
+        elif el is None:
+            add("result", "EL result:", "this chip was not probed")
+        else:
+            verdict = "pass" if el["passed"] else f"FAIL: {el['fail_mode']}"
+            code = el["fail_code"].strip()
+            if code and not el["passed"] and code.lower() != el["fail_mode"].replace(" ", "_"):
+                verdict += f" (prober code {code})"
+            add("result", "EL result:", verdict)
+            add("forward_v", "Forward voltage Vf:", f"{format_value(el['forward_v'], '{:.3f}')} V")
+            unit = f" {el['el_intensity_unit']}" if el["el_intensity_unit"] else ""
+            add("el_intensity", "EL intensity:", f"{format_value(el['el_intensity'], '{:.4g}')}{unit}")
+            add("reverse_current_a", "Reverse current Ir:", f"{format_value(el['reverse_current_a'], '{:.3g}')} A")
+        add("prediction", "PL prediction:", predicted)
+        if el is not None and details.el_fail_predicted is not None:
+            add("agreement", "Agreement:", _agreement_text(details.el_fail_predicted, el))
+        return box
 
     def _neighbour_view(self, details: ChipDetails, table: BinTable | None) -> QGroupBox:
         box = QGroupBox(f"Neighbours ({2 * NEIGHBOURHOOD + 1} × {2 * NEIGHBOURHOOD + 1})")
@@ -181,3 +228,17 @@ class ChipDialog(QDialog):
         layout.addWidget(label)
         layout.addWidget(plot)
         return box
+
+
+def _agreement_text(predicted_fail: bool, el: dict) -> str:
+    """How the PL prediction and the EL result of one chip compare, in the Compare view's words."""
+    el_fail = not el["passed"]
+    if predicted_fail and el_fail:
+        return "agree: both fail"
+    if not predicted_fail and not el_fail:
+        return "agree: both pass"
+    if predicted_fail:
+        return "false alarm: PL predicts a failure, the chip passes EL"
+    if el["no_pl_signature"]:
+        return f"miss, but {el['fail_mode']} has no PL signature (PL cannot see it)"
+    return "miss: the chip fails EL, PL predicts a pass"

@@ -24,6 +24,7 @@ from drivers.errors import (
     StageFaultError,
     StageLimitError,
 )
+from inspection.access import AccessDenied, AccessError, AuditLogError, NoEngineerPassword
 from inspection.alignment import AlignmentError
 from inspection.scanfile import ScanFileError
 from inspection.settings import SettingsError
@@ -58,6 +59,20 @@ def describe_error(error: BaseException) -> tuple[str, str]:
         return "Scan file problem", f"{error}\n\nWhat to do: choose another scan file, or another output file name."
     if isinstance(error, SettingsError):
         return "Settings problem", f"{error}\n\nWhat to do: correct the fields listed above."
+    if isinstance(error, AccessDenied):
+        return "Not allowed", f"{error}"
+    if isinstance(error, NoEngineerPassword):
+        return "No engineer password", (
+            f"{error}\n\nWhat to do: the station's administrator sets it once on this computer with "
+            "'plmapper access set-password'."
+        )
+    if isinstance(error, AuditLogError):
+        return "Audit log not written", (
+            f"{error}\n\nWhat to do: free disk space or fix the permissions of the station's data directory; "
+            "nothing was changed."
+        )
+    if isinstance(error, AccessError):
+        return "Access problem", f"{error}"
     if isinstance(error, FileNotFoundError):
         return "File not found", f"{error}\n\nWhat to do: choose an existing file."
     if isinstance(error, FileExistsError):

@@ -18,6 +18,10 @@ Large wafers are shown in two levels:
 
 Wafers up to 2,048 chips across have ``d = 1``: the overview is the whole map at full resolution.
 
+A file with an EL reference (``/el_reference``, docs/el-reference.md) also offers the EL result of every probed chip
+(pass or its fail mode) and its forward voltage, EL intensity and reverse current as layers; a classified file the
+PL prediction (the bin table's "predicts an EL failure"). Those are what :mod:`app.gui.comparison` compares.
+
 Examples
 --------
 >>> overview_factor((9999, 9999)), overview_factor((508, 508))
@@ -38,14 +42,17 @@ import h5py
 import numpy as np
 
 from inspection.bins import NO_CHIP, BinTable, DefectClass, bin_table_from_json
+from inspection.el_reference import EL_DTYPE, FAIL_MODE_UNSPECIFIED, NO_PL_SIGNATURE, ElFailMode
 from inspection.pipeline import CHIP_DTYPE, RESULTS_FORMAT_VERSION, ChipFlag
 from inspection.recipe import Recipe, recipe_from_text
 from inspection.scanfile import ScanFile, ScanStatus
 from inspection.wafer import WaferLayout
 
 __all__ = [
+    "EL_CATEGORIES",
     "NO_BIN",
     "OVERVIEW_SIZE",
+    "PREDICTION_CATEGORIES",
     "ChipDetails",
     "DefectList",
     "Layer",
@@ -78,6 +85,30 @@ CHIP_FIELDS = {
 
 Progress = Callable[[float, str], None]
 
+PREDICTION_CATEGORIES = (("PL predicts EL pass", "#3c8d5a"), ("PL predicts EL fail", "#d93025"))
+"""The PL prediction layer: category 0 = the chip's bin does not predict an EL failure, 1 = it does."""
+
+EL_CATEGORIES = (
+    ("EL pass", "#3c8d5a"),
+    ("EL fail: missing", "#795548"),
+    ("EL fail: open", "#f48fb1"),
+    ("EL fail: leakage", "#e65100"),
+    ("EL fail: dead", "#b71c1c"),
+    ("EL fail: dim", "#ff7043"),
+    ("EL fail: forward voltage", "#a1887f"),
+    ("EL fail (mode not given)", "#d81b60"),
+)
+"""The EL result layer: category = ElFailMode value, 7 = a failure of unspecified mode; not probed: NO_BIN. Passing
+chips green as in the PL prediction, failures in warm colours (as the prediction's red), so the two read side by
+side; none is a colour of the comparison's categories."""
+EL_UNSPECIFIED_CATEGORY = 7
+EL_VALUE_FIELDS = {
+    "el_forward_v": ("forward_v", "EL forward voltage", "V"),
+    "el_intensity": ("el_intensity", "EL intensity", ""),
+    "el_reverse_current_a": ("reverse_current_a", "EL reverse current", "A"),
+}
+"""EL measurements offered as layers: key -> (EL_DTYPE field, label, unit; the intensity's unit is the file's)."""
+
 
 class TaskCancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
     """The operator cancelled the work."""
@@ -108,6 +139,8 @@ class Layer:
     categorical: bool = False
     downsample: int = 1
     pass_index: int | None = None
+    categories: tuple[tuple[str, str], ...] = ()  # categorical layers: (name, colour #rrggbb) per value
+    computed: bool = False  # held in memory (built from /el_reference), not read from a dataset
 
     @property
     def title(self) -> str:
@@ -135,6 +168,10 @@ class ChipDetails:
     spectrum_reason: str
     neighbours: np.ndarray  # (2n+1, 2n+1) float32 intensity at the highest power, row 0 at the bottom; NaN off-box
     neighbour_bins: np.ndarray | None  # (2n+1, 2n+1) bin indices, NO_BIN where no chip
+    el_fail_predicted: bool | None = None  # the chip's bin predicts an EL failure (None: no classification)
+    has_el_reference: bool = False  # the file has an EL reference (the chip may still not have been probed)
+    el: dict[str, Any] | None = None  # the chip's EL record: forward_v, el_intensity, reverse_current_a, passed,
+    # fail_mode (name), fail_code, el_intensity_unit, no_pl_signature; None when it was not probed
 
 
 @dataclass
@@ -187,6 +224,9 @@ class ScanDocument:
             self._scan.close()
             raise
         self._cache = _Cache()
+        self.closed = threading.Event()  # set once the file is closed (a writer may then open it)
+        self._el_records: np.ndarray | None = None
+        self._computed: dict[str, np.ndarray] = {}
 
     def _read_header(self) -> None:
         scan = self._scan
@@ -227,14 +267,31 @@ class ScanDocument:
                 str(group.attrs.get("signature", "")),
             )  # fmt: skip
         self.has_classification = self.classification is not None
+        el_group = file.get("el_reference")
+        self.has_el_reference = el_group is not None and "chips" in el_group
+        self.el_intensity_unit = _text(el_group.attrs.get("el_intensity_unit", "")) if self.has_el_reference else ""
         self.layers = self._layers()
 
     # -- layers ------------------------------------------------------------------------------------------------------
     def _layers(self) -> list[Layer]:
         layers: list[Layer] = []
         if self.classification is not None:
-            layers.append(Layer("bin", "Bin", "", "classification/defect_class", categorical=True))
+            table = self.classification.bin_table
+            bins = tuple((f"{entry.code} {entry.name}", entry.colour) for entry in table.bins)
+            layers.append(Layer("bin", "Bin", "", "classification/defect_class", categorical=True, categories=bins))
             layers.append(Layer("el_fail", "EL fail probability", "", "classification/el_fail_probability"))
+            layers.append(
+                Layer("pl_prediction", "PL prediction (EL pass/fail)", "", "classification/defect_class",
+                      categorical=True, categories=PREDICTION_CATEGORIES)
+            )  # fmt: skip
+        if self.has_el_reference:
+            layers.append(
+                Layer("el_result", "EL reference result", "", "", categorical=True, categories=EL_CATEGORIES,
+                      computed=True)
+            )  # fmt: skip
+            for key, (_, label, unit) in EL_VALUE_FIELDS.items():
+                shown_unit = self.el_intensity_unit if key == "el_intensity" else unit
+                layers.append(Layer(key, label, shown_unit, "", computed=True))
         results = self._results
         if results is None:
             return layers
@@ -289,7 +346,61 @@ class ScanDocument:
         if layer.key == "bin":
             assert self.classification is not None
             return self.classification.class_to_bin[values]
+        if layer.key == "pl_prediction":
+            return self.prediction_lut()[values]
         return np.asarray(values, dtype=np.float32)
+
+    def prediction_lut(self) -> np.ndarray:
+        """256 entries: DefectClass value -> 1 where its bin predicts an EL failure, 0 where not, NO_BIN where the
+        chip was not inspected (or there is none)."""
+        assert self.classification is not None
+        lut = self.classification.bin_table.el_fail_of(np.arange(256, dtype=np.uint8)).astype(np.uint8)
+        lut[NO_CHIP] = lut[DefectClass.NOT_INSPECTED] = NO_BIN
+        return lut
+
+    def bin_fail_lut(self) -> np.ndarray:
+        """256 entries: bin index -> 1 where the bin predicts an EL failure, 0 where not, NO_BIN otherwise (for
+        comparing a bin map with the EL reference)."""
+        assert self.classification is not None
+        lut = np.full(256, NO_BIN, dtype=np.uint8)
+        for index, entry in enumerate(self.classification.bin_table.bins):
+            not_inspected = DefectClass.NOT_INSPECTED.key in entry.classes and len(entry.classes) == 1
+            lut[index] = NO_BIN if not_inspected else int(entry.el_fail)
+        return lut
+
+    # -- the EL reference --------------------------------------------------------------------------------------------
+    def el_records(self) -> np.ndarray:
+        """The EL reference's records (EL_DTYPE fields), read once."""
+        with self._cache.lock:
+            if self._el_records is None:
+                stored = self._scan.h5file["el_reference/chips"][()]
+                records = np.zeros(stored.shape, dtype=EL_DTYPE)
+                for name in EL_DTYPE.names:
+                    records[name] = stored[name]
+                self._el_records = records
+            return self._el_records
+
+    def _full(self, layer: Layer) -> np.ndarray:
+        """The whole chip box of a computed layer (built once, kept while the document is open)."""
+        with self._cache.lock:
+            cached = self._computed.get(layer.key)
+        if cached is not None:
+            return cached
+        records = self.el_records()
+        cols, rows = records["col"], records["row"]
+        inside = np.flatnonzero(self.layout.in_box(cols, rows))  # in record order: where a chip has two, the last
+        if layer.key == "el_result":
+            image = np.full(self.shape, NO_BIN, dtype=np.uint8)
+            modes = records["fail_mode"][inside].astype(np.uint8)
+            modes[modes == FAIL_MODE_UNSPECIFIED] = EL_UNSPECIFIED_CATEGORY
+            modes[modes > EL_UNSPECIFIED_CATEGORY] = NO_BIN
+            image[rows[inside], cols[inside]] = modes
+        else:
+            image = np.full(self.shape, np.nan, dtype=np.float32)
+            image[rows[inside], cols[inside]] = records[EL_VALUE_FIELDS[layer.key][0]][inside]
+        with self._cache.lock:
+            self._computed[layer.key] = image
+        return image
 
     def layer_factor(self, layer: Layer) -> int:
         """Chips per pixel of ``layer``'s overview image."""
@@ -302,6 +413,12 @@ class ScanDocument:
             cached = self._cache.overviews.get(layer.key)
         if cached is not None:
             return cached
+        if layer.computed:
+            d, offset = self.factor, self.factor // 2
+            image = np.ascontiguousarray(self._full(layer)[offset::d, offset::d])
+            with self._cache.lock:
+                self._cache.overviews[layer.key] = image
+            return image
         dataset = self._dataset(layer)
         if layer.downsample > 1:
             image = np.asarray(dataset[()], dtype=np.float32)
@@ -324,6 +441,8 @@ class ScanDocument:
 
     def window(self, layer: Layer, rows: slice, cols: slice) -> np.ndarray:
         """Full-resolution values of ``layer`` in a rectangle of the chip box (the detail level)."""
+        if layer.computed:
+            return self._full(layer)[rows, cols].copy()
         dataset = self._dataset(layer)
         reader = dataset.fields(layer.field) if layer.field else dataset
         return self._convert(layer, reader[rows, cols])
@@ -467,6 +586,9 @@ class ScanDocument:
             neighbour_bins[inner] = self.classification.class_to_bin[group["defect_class"][r0:r1, c0:c1]]
         fit, spectrum, reason = self._spectrum_of(col, row)
         in_box = bool(layout.in_box(col, row))
+        predicted = None
+        if defect_class is not None and defect_class not in (NO_CHIP, DefectClass.NOT_INSPECTED):
+            predicted = bool(self.classification.bin_table.el_fail_of(np.array([defect_class], np.uint8))[0])
         return ChipDetails(
             col=col,
             row=row,
@@ -485,7 +607,36 @@ class ScanDocument:
             spectrum_reason=reason,
             neighbours=neighbours,
             neighbour_bins=neighbour_bins,
+            el_fail_predicted=predicted,
+            has_el_reference=self.has_el_reference,
+            el=self._el_of(col, row) if self.has_el_reference else None,
         )
+
+    def _el_of(self, col: int, row: int) -> dict[str, Any] | None:
+        records = self.el_records()
+        hits = np.flatnonzero((records["col"] == col) & (records["row"] == row))
+        if not hits.size:
+            return None
+        record = records[hits[-1]]  # the last record counts, as in ElReference.fail_mode_map
+        mode = int(record["fail_mode"])
+        if mode == FAIL_MODE_UNSPECIFIED:
+            mode_name, no_signature = "fail (mode not given)", False
+        elif mode in ElFailMode._value2member_map_:
+            member = ElFailMode(mode)
+            mode_name, no_signature = member.name.lower().replace("_", " "), member in NO_PL_SIGNATURE
+        else:
+            mode_name, no_signature = f"code {mode}", False
+        return {
+            "forward_v": float(record["forward_v"]),
+            "el_intensity": float(record["el_intensity"]),
+            "reverse_current_a": float(record["reverse_current_a"]),
+            "passed": bool(record["passed"]),
+            "fail_mode": mode_name,
+            "fail_code": bytes(record["fail_code"]).decode("utf-8", errors="replace"),
+            "el_intensity_unit": self.el_intensity_unit,
+            "no_pl_signature": no_signature,
+            "records": int(hits.size),
+        }
 
     def _spectrum_of(self, col: int, row: int):
         fit = None
@@ -520,6 +671,13 @@ class ScanDocument:
 
     def close(self) -> None:
         self._scan.close()
+        self.closed.set()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
 
 
 def _flag_names(flags: int) -> str:

@@ -32,6 +32,7 @@ BACKGROUND = "#23262b"
 OUTLINE_COLOUR = "#e6e6e6"
 EXCLUSION_COLOUR = "#f0b429"
 MARKER_COLOUR = "#ff2fd0"
+SITE_COLOUR = "#4fc3f7"
 DETAIL_CHIPS_PER_PIXEL = 1.0
 """On a wafer with an overview of d > 1 chips per pixel, the full-resolution detail is shown once a screen pixel
 covers at most this many chips."""
@@ -40,13 +41,25 @@ DETAIL_MAX_CHIPS = 4096
 DETAIL_MARGIN = 0.25
 """The detail window extends this fraction of the view beyond it on every side, so small pans need no new read."""
 CONTINUOUS_MAP = "viridis"
+DIVERGING_MAP = "CET-D1"
 
 
 def bin_lut(table: BinTable) -> np.ndarray:
     """256 RGBA entries: bin index → its colour; NO_BIN (and unused entries) transparent."""
+    return category_lut([entry.colour for entry in table.bins])
+
+
+def category_lut(colours: list[str] | tuple[str, ...]) -> np.ndarray:
+    """256 RGBA entries: category value → its colour (#rrggbb); NO_BIN (and unused entries) transparent.
+
+    Examples
+    --------
+    >>> category_lut(["#ff0000", "#00ff00"])[:3].tolist()
+    [[255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 0, 0]]
+    """
     lut = np.zeros((256, 4), dtype=np.uint8)
-    for index, entry in enumerate(table.bins):
-        lut[index, :3] = entry.rgb
+    for index, colour in enumerate(colours):
+        lut[index, :3] = int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
         lut[index, 3] = 255
     lut[NO_BIN] = 0
     return lut
@@ -78,6 +91,7 @@ class WaferMapView(QWidget):
         self.factor = 1
         self.categorical = False
         self._detail_box: tuple[int, int, int, int] | None = None
+        self._fit_when_shown = False
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.setBackground(BACKGROUND)
         self.plot: pg.PlotItem = self.graphics.addPlot()
@@ -112,11 +126,19 @@ class WaferMapView(QWidget):
         self.marker.setZValue(3)
         self.marker.hide()
         self.plot.addItem(self.marker)
+        self.sites = pg.ScatterPlotItem(symbol="+", size=11, pen=pg.mkPen(SITE_COLOUR, width=1.5), brush=None)
+        self.sites.setZValue(2)
+        self.plot.addItem(self.sites)
+        self.note = pg.LabelItem("", color="#e6e6e6", size="9pt", justify="left")
+        self.note.setParentItem(self.view)  # fixed on the screen, not in wafer coordinates
+        self.note.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(6, 4))
+        self.note.setZValue(4)
         self.colour_bar = pg.ColorBarItem(values=(0.0, 1.0), colorMap=CONTINUOUS_MAP, interactive=True, width=18)
         self.colour_bar.setImageItem([], insert_in=self.plot)
         self.colour_bar.sigLevelsChanged.connect(self._bar_levels_changed)
         self.colour_bar.axis.setTextPen(pg.mkPen("#c8ccd0"))
         self._lut_continuous = pg.colormap.get(CONTINUOUS_MAP).getLookupTable(nPts=256, alpha=True)
+        self._lut_diverging = pg.colormap.get(DIVERGING_MAP).getLookupTable(nPts=256, alpha=True)
         self._lut: np.ndarray | None = None
         self._levels: tuple[float, float] = (0.0, 1.0)
         layout = QVBoxLayout(self)
@@ -140,7 +162,24 @@ class WaferMapView(QWidget):
         self.overview.clear()
         self.hide_detail()
         self.marker.hide()
+        self.sites.clear()
+        self.note.setText("")
         self.fit()
+        self._fit_when_shown = not self.isVisible()  # a hidden widget has no size to fit to yet
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if self._fit_when_shown:
+            self._fit_when_shown = False
+            QTimer.singleShot(0, self.fit)
+
+    def set_note(self, text: str) -> None:
+        """A line of text in the map's top left corner (the alignment result); empty to hide it."""
+        self.note.setText(text)
+
+    def set_sites(self, x_um: np.ndarray, y_um: np.ndarray) -> None:
+        """Mark points in wafer coordinates (the alignment's measurement lines)."""
+        self.sites.setData(np.asarray(x_um, dtype=float), np.asarray(y_um, dtype=float))
 
     def fit(self) -> None:
         """Show the whole wafer."""
@@ -152,16 +191,23 @@ class WaferMapView(QWidget):
     # -- images ------------------------------------------------------------------------------------------------------
     def show_bins(self, image: np.ndarray, factor: int, table: BinTable) -> None:
         """The overview of a bin-index image (``NO_BIN`` transparent), ``factor`` chips per pixel."""
+        self.show_categories(image, factor, [entry.colour for entry in table.bins])
+
+    def show_categories(self, image: np.ndarray, factor: int, colours: list[str] | tuple[str, ...]) -> None:
+        """The overview of a category image (value ``i`` in ``colours[i]``, ``NO_BIN`` transparent)."""
         self.categorical = True
-        self._lut = bin_lut(table)
+        self._lut = category_lut(colours)
         self.colour_bar.hide()
         self._set_overview(image, factor)
 
-    def show_values(self, image: np.ndarray, factor: int, levels: tuple[float, float] | None = None) -> None:
+    def show_values(
+        self, image: np.ndarray, factor: int, levels: tuple[float, float] | None = None, *, diverging: bool = False
+    ) -> None:
         """The overview of a measurement (NaN transparent) with the colour bar; ``levels`` default to the 1st and
-        99th percentiles of its finite values."""
+        99th percentiles of its finite values. ``diverging``: a difference, blue below zero and red above."""
         self.categorical = False
-        self._lut = self._lut_continuous
+        self._lut = self._lut_diverging if diverging else self._lut_continuous
+        self.colour_bar.setColorMap(pg.colormap.get(DIVERGING_MAP if diverging else CONTINUOUS_MAP))
         if levels is None:
             levels = robust_levels(image)
         self._levels = levels

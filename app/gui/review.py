@@ -33,8 +33,9 @@ from PySide6.QtWidgets import (
 from app.gui.chipdialog import ChipDialog, format_value
 from app.gui.mapdata import NO_BIN, DefectList, Layer, ScanDocument
 from app.gui.mapview import BACKGROUND, WaferMapView, robust_levels
-from app.gui.tasks import TaskRunner
+from app.gui.tasks import DocumentKeeper, TaskRunner
 from inspection.bins import DefectClass
+from inspection.wafer import Placement
 
 DEFECT_COLUMNS = ["Chip col", "Chip row", "Bin", "Class", "P(EL fail)", "Intensity (V)", "Eff. ratio"]
 
@@ -149,17 +150,17 @@ class ReviewPanel(QWidget):
     document_changed = Signal(object)
     resume_requested = Signal(str)
     analyse_requested = Signal(str)
+    classify_requested = Signal(str)
 
-    def __init__(self, runner: TaskRunner, parent: QWidget | None = None) -> None:
+    def __init__(self, runner: TaskRunner, parent: QWidget | None = None, keeper: DocumentKeeper | None = None) -> None:
         super().__init__(parent)
         self.runner = runner
+        self.keeper = keeper or DocumentKeeper(runner)
         self.document: ScanDocument | None = None
         self.layer: Layer | None = None
         self.image: np.ndarray | None = None
         self.bins: list[dict[str, Any]] = []
         self.chip_dialog: ChipDialog | None = None
-        self._busy_documents: dict[int, int] = {}
-        self._retired: list[ScanDocument] = []
         self._detail_pending = False
         self._detail_next: tuple[int, int, int, int] | None = None
         self._build()
@@ -177,9 +178,17 @@ class ReviewPanel(QWidget):
         self.title = QLabel("No scan open: File ▸ Open (Ctrl+O)")
         self.title.setObjectName("reviewTitle")
         self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.classify_button = QPushButton("Classify…")
+        self.classify_button.setObjectName("classifyButton")
+        self.classify_button.setToolTip(
+            "Classify this scan again: with the deployed model, another model file or the rule layer (Ctrl+Shift+C)"
+        )
+        self.classify_button.setEnabled(False)
+        self.classify_button.clicked.connect(self._classify_clicked)
         top.addWidget(QLabel("Show:"))
         top.addWidget(self.layer_combo)
         top.addWidget(self.fit_button)
+        top.addWidget(self.classify_button)
         top.addWidget(self.title, 1)
         self.banner = QLabel()
         self.banner.setObjectName("reviewBanner")
@@ -344,6 +353,8 @@ class ReviewPanel(QWidget):
         self._retire(self.document)
         self.document, self.layer, self.image = document, layer, image
         self.map.set_layout(document.layout)
+        self._show_alignment(document)
+        self.classify_button.setEnabled(document.has_results)
         self.title.setText(document.describe())
         self.bins = document.bin_summary(counts)
         self._fill_legend()
@@ -386,6 +397,10 @@ class ReviewPanel(QWidget):
             self.banner.setText("This scan has no analysis results yet: the map needs them.")
             self.banner_button.setText("Analyse now")
             self._banner_kind = "analyse"
+        elif not document.has_classification:
+            self.banner.setText("This scan is analysed but not classified yet: bins, yield and defects need it.")
+            self.banner_button.setText("Classify…")
+            self._banner_kind = "classify"
         self.banner.setVisible(bool(self._banner_kind))
         self.banner_button.setVisible(bool(self._banner_kind))
 
@@ -396,6 +411,31 @@ class ReviewPanel(QWidget):
             self.resume_requested.emit(str(self.document.path))
         elif self._banner_kind == "analyse":
             self.analyse_requested.emit(str(self.document.path))
+        elif self._banner_kind == "classify":
+            self.classify_requested.emit(str(self.document.path))
+
+    def _classify_clicked(self) -> None:
+        if self.document is not None:
+            self.classify_requested.emit(str(self.document.path))
+
+    def _show_alignment(self, document: ScanDocument) -> None:
+        """The alignment result in the map's corner, and its measurement lines as crosses."""
+        alignment = document.alignment
+        if alignment is None:
+            self.map.set_note("not aligned (no alignment stored)")
+            return
+        residual = alignment["residual_um"]
+        residual_text = f", residual {residual:.2f} µm" if math.isfinite(residual) else ""
+        self.map.set_note(
+            f"alignment: offset ({alignment['offset_x_um']:,.1f}, {alignment['offset_y_um']:,.1f}) µm, "
+            f"rotation {alignment['rotation_deg']:.4f}°{residual_text}"
+        )
+        sites = alignment.get("sites")
+        names = getattr(getattr(sites, "dtype", None), "names", None) or ()
+        if {"x_um", "y_um"} <= set(names) and sites.size:
+            placement = Placement(alignment["offset_x_um"], alignment["offset_y_um"], alignment["rotation_deg"])
+            x, y = placement.stage_to_wafer(sites["x_um"], sites["y_um"])
+            self.map.set_sites(x, y)
 
     def close_document(self) -> None:
         """Forget the open document (closed once no task reads it any more)."""
@@ -403,41 +443,23 @@ class ReviewPanel(QWidget):
         self.document = None
         self.layer = self.image = None
         self.title.setText("No scan open: File ▸ Open (Ctrl+O)")
+        self.classify_button.setEnabled(False)
+        self.map.set_note("")
         self.layer_combo.clear()
         self.banner.hide()
         self.banner_button.hide()
         self.document_changed.emit(None)
 
     def _retire(self, document: ScanDocument | None) -> None:
-        if document is None:
-            return
-        if self._busy_documents.get(id(document), 0) == 0:
-            document.close()
-        else:
-            self._retired.append(document)
+        self.keeper.retire(document)
 
     def _run(self, work, label: str, done, *, visible: bool = True, failed=None, after=None) -> None:
         """Run a task that reads the current document, keeping the document open until it ends."""
         document = self.document
         assert document is not None
-        key = id(document)
-        self._busy_documents[key] = self._busy_documents.get(key, 0) + 1
-
-        def always() -> None:
-            self._busy_documents[key] -= 1
-            if self._busy_documents[key] == 0:
-                del self._busy_documents[key]
-                if document in self._retired:
-                    self._retired.remove(document)
-                    document.close()
-            if after is not None:
-                after()
-
-        def delivered(result) -> None:
-            if self.document is document:
-                done(result)
-
-        self.runner.start(work, label, done=delivered, visible=visible, always=always, failed=failed)
+        self.keeper.run(
+            document, work, label, done, visible=visible, failed=failed, after=after, current=lambda: self.document
+        )
 
     # -- layers ------------------------------------------------------------------------------------------------------
     def _layer_chosen(self, index: int) -> None:
@@ -469,8 +491,8 @@ class ReviewPanel(QWidget):
         assert document is not None
         self.layer, self.image = layer, image
         factor = document.layer_factor(layer)
-        if layer.categorical and document.bin_table is not None:
-            self.map.show_bins(image, factor, document.bin_table)
+        if layer.categorical:
+            self.map.show_categories(image, factor, [colour for _, colour in layer.categories])
         else:
             self.map.show_values(image, factor)
         self._fill_histogram()
@@ -530,12 +552,14 @@ class ReviewPanel(QWidget):
             parts.append("street")
         value, exact = self.value_at(col, row)
         if self.layer is not None and value is not None:
-            if self.layer.categorical and document.bin_table is not None:
-                if value != NO_BIN:
-                    entry = document.bin_table.bins[int(value)]
-                    parts.append(f"bin {entry.code} {entry.name}")
+            if self.layer.categorical:
+                categories = self.layer.categories
+                if value == NO_BIN or int(value) >= len(categories):
+                    parts.append("no chip" if self.layer.key == "bin" else f"{self.layer.label}: —")
+                elif self.layer.key == "bin":
+                    parts.append(f"bin {categories[int(value)][0]}")
                 else:
-                    parts.append("no chip")
+                    parts.append(categories[int(value)][0])
             else:
                 unit = f" {self.layer.unit}" if self.layer.unit else ""
                 approx = "" if exact else " (block of chips; zoom in for this chip)"
@@ -562,6 +586,15 @@ class ReviewPanel(QWidget):
 
     def jump_to(self, col: int, row: int) -> None:
         self.map.centre_on(col, row)
+
+    def go_to_chip(self, col: int, row: int) -> bool:
+        """Zoom to chip (col, row), mark it and show its values under the map; False if it is outside the box."""
+        document = self.document
+        if document is None or not document.layout.in_box(col, row):
+            return False
+        self.jump_to(col, row)
+        self._hovered(col, row, True)
+        return True
 
     # -- legend, pareto, histogram -----------------------------------------------------------------------------------
     def _fill_legend(self) -> None:

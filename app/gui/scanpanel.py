@@ -37,10 +37,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.access import AccessController, denied_tip
+from app.gui.dialogs import FileKind, SettingsEditor, save_settings_file
 from app.gui.live import LiveMap
 from app.gui.mapview import WaferMapView
 from app.gui.station import StationController, progress_text
 from app.gui.tasks import TaskRunner
+from inspection.access import AuditAction, Permission, flat_changes
 from inspection.job import ScanIdentity
 from inspection.plan import plan_scan
 from inspection.recipe import Recipe
@@ -53,6 +56,7 @@ NOMINAL_ACCEL_UM_S2 = 3e6
 """Stage acceleration the plan assumes before the station is connected (the virtual station's)."""
 
 ERROR_STYLE = "border: 2px solid #d93025; background: #fdecea;"
+READ_ONLY_STYLE = "background: #eceff1; color: #37474f;"
 
 
 class RecipeField:
@@ -120,10 +124,19 @@ class ScanPanel(QWidget):
     scan_done = Signal(str, str)
 
     def __init__(
-        self, controller: StationController, runner: TaskRunner, recipes: list[Path], parent: QWidget | None = None
+        self,
+        controller: StationController,
+        runner: TaskRunner,
+        recipes: list[Path],
+        parent: QWidget | None = None,
+        access: AccessController | None = None,
     ) -> None:
         super().__init__(parent)
         self.controller, self.runner = controller, runner
+        self.access = access or AccessController(runner, self)
+        self._temporary_recipe: Path | None = None
+        self._scan_output: Path | None = None
+        self._stop_requested = False
         self.recipe_data: dict[str, Any] = {}
         self.recipe: Recipe | None = None
         self.recipe_path: Path | None = None
@@ -177,6 +190,31 @@ class ScanPanel(QWidget):
         self.problems.setWordWrap(True)
         self.problems.setStyleSheet("color:#b3261e;")
         form.addRow(self.problems)
+        self.save_recipe_button = QPushButton("Save recipe as…")
+        self.save_recipe_button.setObjectName("saveRecipeButton")
+        self.save_recipe_button.clicked.connect(self.save_recipe_as)
+        self.edit_recipe_button = QPushButton("Edit recipe file…")
+        self.edit_recipe_button.setObjectName("editRecipeButton")
+        self.edit_recipe_button.clicked.connect(self.edit_recipe_file)
+        recipe_buttons = QHBoxLayout()
+        recipe_buttons.addWidget(self.save_recipe_button)
+        recipe_buttons.addWidget(self.edit_recipe_button)
+        recipe_buttons.addStretch(1)
+        form.addRow(recipe_buttons)
+        self.access_note = QLabel(
+            "Operators run recipes as they are. An engineer may change these fields: Access ▸ Log in as engineer."
+        )
+        self.access_note.setObjectName("recipeAccessNote")
+        self.access_note.setWordWrap(True)
+        self.access_note.setStyleSheet("color:#5f6368;")
+        form.insertRow(2, self.access_note)
+        for widget in self.field_widgets.values():
+            self.access.gate(widget, Permission.EDIT_RECIPE, apply=_set_editable)
+        self.access.gate(
+            self.save_recipe_button, Permission.EDIT_RECIPE, "Write the recipe with the values above to a new file"
+        )
+        self.access.gate(self.edit_recipe_button, Permission.EDIT_RECIPE, "Edit every field of the recipe file")
+        self.access.changed.connect(self._session_changed)
 
         identity_box = QGroupBox("Wafer")
         identity = QFormLayout(identity_box)
@@ -325,10 +363,51 @@ class ScanPanel(QWidget):
             spec.set(data, spec.parse(text, spec.get(self.recipe_data)))
         return data
 
+    def _session_changed(self, session) -> None:
+        self.access_note.setVisible(not session.is_engineer)
+        if not session.is_engineer and self.recipe_path is not None:
+            self.load_recipe(str(self.recipe_path))  # an operator runs the recipe as it is: edits are dropped
+
+    def _field_tip(self) -> str:
+        return "" if self.access.allows(Permission.EDIT_RECIPE) else denied_tip(Permission.EDIT_RECIPE)
+
+    def edited(self) -> bool:
+        """Whether the form differs from the recipe file."""
+        return bool(self.recipe_data) and self.edited_data() != self.recipe_data
+
+    def save_recipe_as(self) -> None:
+        """Write the recipe with the form's values to a new file (engineers; audited) and use it."""
+        if not self.access.require(Permission.EDIT_RECIPE) or self.recipe is None:
+            return
+        start = str(self.recipe_path.with_name(self.recipe_path.stem + "-edited.toml")) if self.recipe_path else ""
+        path, _ = QFileDialog.getSaveFileName(self, "Save the recipe as", start, "Recipes (*.toml)")
+        if path:
+            self.write_recipe(Path(path))
+
+    def write_recipe(self, path: Path) -> bool:
+        """Save the form as recipe file ``path`` (checked, audited) and select it."""
+        previous = self.recipe_path.read_text("utf-8") if self.recipe_path and self.recipe_path.exists() else None
+        text = tomli_w.dumps(self.edited_data())
+        if not save_settings_file(FileKind.RECIPE, path, text, self.access, previous_text=previous):
+            return False
+        self.select_recipe(path)
+        self.log.appendPlainText(f"recipe saved: {path}")
+        return True
+
+    def edit_recipe_file(self) -> None:
+        """Every field of the recipe file as TOML (engineers)."""
+        if not self.access.require(Permission.EDIT_RECIPE) or self.recipe_path is None:
+            return
+        editor = SettingsEditor(FileKind.RECIPE, self.recipe_path, self.access, self)
+        editor.exec()
+        if editor.saved_path is not None:
+            self.select_recipe(editor.saved_path)
+
     def _validate(self) -> None:
+        editable = self.access.allows(Permission.EDIT_RECIPE)
         for widget in self.field_widgets.values():
-            widget.setStyleSheet("")
-            widget.setToolTip("")
+            widget.setStyleSheet("" if editable else READ_ONLY_STYLE)
+            widget.setToolTip(self._field_tip())
         if not self.recipe_data:
             return
         try:
@@ -342,7 +421,7 @@ class ScanPanel(QWidget):
                     general.append(problem)
                 else:
                     widget.setStyleSheet(ERROR_STYLE)
-                    widget.setToolTip((widget.toolTip() + "\n" if widget.toolTip() else "") + problem)
+                    widget.setToolTip(problem if not widget.toolTip() else f"{widget.toolTip()}\n{problem}")
             shown = [f"• {problem}" for problem in error.problems]
             self.problems.setText("Fix before scanning:\n" + "\n".join(shown))
             self.plan_text.setPlainText("")
@@ -426,11 +505,28 @@ class ScanPanel(QWidget):
             lot_id=self.lot.text().strip(),
             wafer_id=self.wafer.text().strip(),
         )
+        details = {
+            "file": str(output),
+            "resume": resume,
+            "recipe": str(self.recipe_path if not resume else output),
+            "operator": identity.operator,
+            "lot_id": identity.lot_id,
+            "wafer_id": identity.wafer_id,
+        }
+        if not resume and recipe_path != self.recipe_path:
+            details["recipe_changes"] = flat_changes(self.recipe_data, self.edited_data())
+        if not self.access.audit(AuditAction.SCAN_START, details):
+            self._drop_temporary_recipe()
+            return False
+        self._scan_output = output
+        self._stop_requested = False
         self.log.appendPlainText(f"{'resuming' if resume else 'starting'} {output}")
         self.live = LiveMap(output)
         self.live_map.hide_detail()
         self._live_layout_set = False
         if self.controller.start_scan(recipe_path, output, identity, resume=resume) is None:
+            self.access.audit(AuditAction.SCAN_STOP, {"file": str(output), "status": "not started"})
+            self._drop_temporary_recipe()
             return False
         self._paused = False
         self.progress.setValue(0)
@@ -440,11 +536,20 @@ class ScanPanel(QWidget):
         return True
 
     def _edited_recipe_file(self, output: Path) -> Path:
-        """The recipe as edited, in a file next to nothing else (the scan file stores its text)."""
+        """The recipe file itself when the form is unchanged; else the recipe as edited in a temporary file (the scan
+        file stores the recipe's text; the temporary file is deleted when the scan stops)."""
+        if not self.edited() and self.recipe_path is not None:
+            return self.recipe_path
         handle = tempfile.NamedTemporaryFile("wb", suffix=".toml", prefix=f"{output.stem}-recipe-", delete=False)  # noqa: SIM115
         with handle:
             handle.write(tomli_w.dumps(self.edited_data()).encode())
-        return Path(handle.name)
+        self._temporary_recipe = Path(handle.name)
+        return self._temporary_recipe
+
+    def _drop_temporary_recipe(self) -> None:
+        if self._temporary_recipe is not None:
+            self._temporary_recipe.unlink(missing_ok=True)
+            self._temporary_recipe = None
 
     def toggle_pause(self) -> None:
         if not self.controller.scanning:
@@ -461,6 +566,11 @@ class ScanPanel(QWidget):
 
     def request_abort(self) -> None:
         if self.controller.scanning:
+            if not self._stop_requested:  # once per scan, however often it is asked
+                self._stop_requested = True
+                self.access.audit(
+                    AuditAction.SCAN_STOP_REQUESTED, {"file": str(self._scan_output or ""), "how": "abort"}
+                )
             self.controller.abort_scan()
             self.log.appendPlainText("abort requested: stopping after the current line (the file stays resumable)")
 
@@ -483,6 +593,8 @@ class ScanPanel(QWidget):
     def _finished(self, path: str, status: str, message: str) -> None:
         self._live_timer.stop()
         self._refresh_live()
+        self._drop_temporary_recipe()
+        self.access.audit(AuditAction.SCAN_STOP, {"file": path, "status": status, "message": message})
         if status != "not started":
             self.log.appendPlainText(f"{status}: {message}")
             self.progress_label.setText(f"{status}: {message}")
@@ -534,6 +646,21 @@ class ScanPanel(QWidget):
             f"{live.lines_read[live.current_pass]:,} lines read"
         )
         self.live_map.show_values(image, live.factor)
+        placement = live.placement
+        if placement is not None:
+            self.live_map.set_note(
+                f"alignment: offset ({placement.offset_x_um:,.1f}, {placement.offset_y_um:,.1f}) µm, "
+                f"rotation {placement.rotation_deg:.4f}°"
+            )
+
+
+def _set_editable(widget: QLineEdit | QComboBox, allowed: bool) -> None:
+    """Operators see the recipe's values but cannot change them."""
+    if isinstance(widget, QLineEdit):
+        widget.setReadOnly(not allowed)
+        widget.setStyleSheet("" if allowed else READ_ONLY_STYLE)
+    else:
+        widget.setEnabled(allowed)
 
 
 def _user() -> str:

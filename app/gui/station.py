@@ -223,6 +223,19 @@ class StationController(QObject):
 
         return self._manual(action, "Cannot move the stage")
 
+    def move_to_point(self, x_um: float, y_um: float, *, safe_z_um: float, focus_z_um: float) -> Future | None:
+        """Bring the spot to (x, y) of the stage frame as a scan does: Z down to the safe height, XY, Z to focus."""
+
+        def action(station: Station) -> None:
+            stage = station.stage
+            stage.move_absolute_um(Axis.Z, safe_z_um)
+            stage.move_absolute_um(Axis.X, x_um, wait=False)
+            stage.move_absolute_um(Axis.Y, y_um, wait=False)
+            stage.wait_idle(60.0)
+            stage.move_absolute_um(Axis.Z, focus_z_um)
+
+        return self._manual(action, "Cannot move to the chip")
+
     def set_laser_power(self, power_w: float) -> Future | None:
         return self._manual(lambda station: station.laser.set_power_w(power_w), "Cannot set the laser power")
 

@@ -25,8 +25,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.gui.access import AccessController
+from app.gui.dialogs import FileKind, SettingsEditor
 from app.gui.station import StationController, StationState
 from drivers.interfaces import Axis
+from inspection.access import Permission
 
 STEPS_UM = (1.0, 10.0, 100.0, 1000.0, 10_000.0)
 EMISSION_ON_STYLE = "background:#c62828; color:white; font-weight:bold; padding:8px; border-radius:4px;"
@@ -82,11 +85,20 @@ class JogPad(QFrame):
 
 
 class StationPanel(QWidget):
-    """See the module docstring."""
+    """See the module docstring. ``go_to_chip_requested`` asks the window for a chip index to move to."""
 
-    def __init__(self, controller: StationController, station_file: Path, parent: QWidget | None = None) -> None:
+    go_to_chip_requested = Signal()
+
+    def __init__(
+        self,
+        controller: StationController,
+        station_file: Path,
+        parent: QWidget | None = None,
+        access: AccessController | None = None,
+    ) -> None:
         super().__init__(parent)
         self.controller = controller
+        self.access = access or AccessController(None, self)
         self._build(station_file)
         controller.connected.connect(self._connected)
         controller.disconnected.connect(self._disconnected)
@@ -100,7 +112,19 @@ class StationPanel(QWidget):
         self.station_file = QLineEdit(str(station_file))
         self.station_file.setObjectName("stationFile")
         browse = QPushButton("Browse…")
+        browse.setObjectName("stationBrowse")
         browse.clicked.connect(self._browse)
+        self.edit_station_button = QPushButton("Edit…")
+        self.edit_station_button.setObjectName("editStationButton")
+        self.edit_station_button.clicked.connect(self.edit_station_file)
+        self.access.gate(
+            self.station_file,
+            Permission.EDIT_STATION,
+            "The station file: which instruments, at which addresses",
+            apply=lambda widget, allowed: widget.setReadOnly(not allowed),
+        )
+        self.access.gate(browse, Permission.EDIT_STATION, "Use another station file")
+        self.access.gate(self.edit_station_button, Permission.EDIT_STATION, "Edit the station file (audited)")
         self.connect_button = QPushButton("Connect")
         self.connect_button.setObjectName("connectButton")
         self.connect_button.setToolTip("Connect to the station in the station file (Ctrl+K)")
@@ -111,6 +135,7 @@ class StationPanel(QWidget):
         row.addWidget(QLabel("Station file:"))
         row.addWidget(self.station_file, 1)
         row.addWidget(browse)
+        row.addWidget(self.edit_station_button)
         row.addWidget(self.connect_button)
         row.addWidget(self.connection_label)
         row.addWidget(self.activity)
@@ -137,10 +162,17 @@ class StationPanel(QWidget):
         self.jog_pad = JogPad()
         self.jog_pad.setObjectName("jogPad")
         self.jog_pad.jog.connect(self._jog)
+        self.go_to_chip_button = QPushButton("Go to chip… (Ctrl+G)")
+        self.go_to_chip_button.setObjectName("goToChipButton")
+        self.go_to_chip_button.setToolTip(
+            "Move the spot to a chip by its index: through the open scan's alignment, or the nominal placement"
+        )
+        self.go_to_chip_button.clicked.connect(self.go_to_chip_requested.emit)
         step_row = QHBoxLayout()
         step_row.addWidget(QLabel("Step:"))
         step_row.addWidget(self.step)
         step_row.addStretch(1)
+        step_row.addWidget(self.go_to_chip_button)
         stage_layout.addWidget(self.position)
         stage_layout.addLayout(step_row)
         stage_layout.addWidget(self.jog_pad)
@@ -198,6 +230,17 @@ class StationPanel(QWidget):
         if path:
             self.station_file.setText(path)
 
+    def edit_station_file(self) -> None:
+        """The station file as TOML (engineers; saved with an audit entry). Reconnect to use the change."""
+        if not self.access.require(Permission.EDIT_STATION):
+            return
+        editor = SettingsEditor(FileKind.STATION, Path(self.station_file.text()), self.access, self)
+        editor.exec()
+        if editor.saved_path is not None:
+            self.station_file.setText(str(editor.saved_path))
+            if self.controller.is_connected:
+                self.connection_label.setText("station file changed: reconnect to use it")
+
     def toggle_connection(self) -> None:
         if self.controller.is_connected:
             self.controller.disconnect_station()
@@ -235,6 +278,7 @@ class StationPanel(QWidget):
         """During a scan the stage and the laser belong to it: manual controls are off (Laser OFF stays)."""
         connected = self.controller.is_connected
         self.jog_pad.setEnabled(connected and not scanning)
+        self.go_to_chip_button.setEnabled(connected and not scanning)
         self.laser_on.setEnabled(connected and not scanning)
         self.power.setEnabled(connected and not scanning)
 

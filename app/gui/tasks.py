@@ -167,3 +167,55 @@ class TaskRunner(QObject):
     def _on_cancelled(self, task_id: int) -> None:
         self._pop(task_id)
         self._always(task_id)
+
+
+class DocumentKeeper:
+    """Runs tasks that read an open scan document, and closes a document the views let go of only once no task
+    reads it any more. One per window, shared by the views that show documents (Review, Compare)."""
+
+    def __init__(self, runner: TaskRunner) -> None:
+        self.runner = runner
+        self._busy: dict[int, int] = {}
+        self._retired: list[Any] = []
+
+    def run(
+        self,
+        document: Any,
+        work: Work,
+        label: str,
+        done: Callable[[Any], None],
+        *,
+        visible: bool = True,
+        failed: Callable[[str, str], None] | None = None,
+        after: Callable[[], None] | None = None,
+        current: Callable[[], Any] | None = None,
+    ) -> Task:
+        """Run ``work`` keeping ``document`` open; ``done(result)`` only if ``current()`` (when given) is still
+        ``document`` then; ``after()`` after any outcome."""
+        key = id(document)
+        self._busy[key] = self._busy.get(key, 0) + 1
+
+        def always() -> None:
+            self._busy[key] -= 1
+            if self._busy[key] == 0:
+                del self._busy[key]
+                if any(entry is document for entry in self._retired):
+                    self._retired = [entry for entry in self._retired if entry is not document]
+                    document.close()
+            if after is not None:
+                after()
+
+        def delivered(result: Any) -> None:
+            if current is None or current() is document:
+                done(result)
+
+        return self.runner.start(work, label, done=delivered, visible=visible, always=always, failed=failed)
+
+    def retire(self, document: Any) -> None:
+        """Close ``document`` now, or when its last task ends."""
+        if document is None:
+            return
+        if self._busy.get(id(document), 0) == 0:
+            document.close()
+        elif not any(entry is document for entry in self._retired):
+            self._retired.append(document)

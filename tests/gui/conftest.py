@@ -1,4 +1,5 @@
-"""Fixtures of the GUI tests: the analysed demo-wafer scan and a main window with its own settings file."""
+"""Fixtures of the GUI tests: the analysed demo-wafer scan, a main window with its own settings file, and the
+station's data directory ($PLMAPPER_HOME: audit log, engineer password, deployed models) in a temporary folder."""
 
 from __future__ import annotations
 
@@ -9,9 +10,29 @@ from PySide6.QtCore import QSettings
 
 import app.gui  # noqa: F401 - applies the PySide6 guard (app/gui/qtcompat.py) before any window exists
 from app.gui.mainwindow import MainWindow
+from inspection.access import AuditLog, ScryptCost, set_engineer_password
 from tests.gui.data import REPO, make_review_scan
 
 COARSE_STATION = REPO / "tests" / "data" / "coarse-station.toml"
+ENGINEER_PASSWORD = "engineer secret"
+
+
+@pytest.fixture(autouse=True)
+def station_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every GUI test writes its audit log (and finds its password and models) in its own folder."""
+    home = tmp_path / "plmapper-home"
+    monkeypatch.setenv("PLMAPPER_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def engineer_password(station_home: Path) -> str:
+    set_engineer_password(ENGINEER_PASSWORD, user="admin", cost=ScryptCost(n_log2=10, r=8, p=1))
+    return ENGINEER_PASSWORD
+
+
+def audit_entries(home: Path) -> list:
+    return AuditLog(home / "access" / "audit.jsonl").entries()
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Scan files for the GUI tests and screenshots: a synthetic demo-wafer scan, analysed, with spectra and a
-classification from simple thresholds (until the real classifier lands; its output format is the same)."""
+"""Scan files for the GUI tests and screenshots: a synthetic demo-wafer scan, analysed, with spectra, a
+classification from simple thresholds (the classifier's output format) and the virtual prober's EL reference."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import numpy as np
 
 from drivers.virtual.profile import load_profile
 from drivers.virtual.synthetic import write_synthetic_scan
-from drivers.virtual.world import WaferWorld
+from drivers.virtual.world import WaferWorld, export_el_csv
 from inspection.bins import DefectClass, default_bin_table
 from inspection.classify import Classification, write_classification
+from inspection.el_reference import import_el_csv
 from inspection.pipeline import ChipFlag, ChipResults, analyze_scan
 from inspection.recipe import load_recipe
 from inspection.scanfile import ScanFileWriter, ScanStatus
@@ -24,9 +25,9 @@ MIDDLE = slice(900, 1000)  # 100 raster lines through the middle of the demo waf
 ABORTED = 2  # the scan file's status code for "aborted" (docs/scan-file.md)
 
 
-def make_review_scan(path: Path, *, lines: slice = MIDDLE, spectra: int = 12) -> Path:
+def make_review_scan(path: Path, *, lines: slice = MIDDLE, spectra: int = 12, el_reference: bool = True) -> Path:
     """A synthetic scan of the demo wafer (``lines`` of its plan), ``spectra`` spectra of measured chips, analysed
-    and classified."""
+    and classified, with the virtual prober's EL results of every chip as its ``/el_reference``."""
     profile, recipe = load_profile(DEMO_PROFILE), load_recipe(DEMO_RECIPE)
     write_synthetic_scan(path, profile, recipe, lines=lines)
     analyze_scan(path)
@@ -34,6 +35,10 @@ def make_review_scan(path: Path, *, lines: slice = MIDDLE, spectra: int = 12) ->
         add_spectra(path, profile, spectra)
         analyze_scan(path)
     classify_by_thresholds(path)
+    if el_reference:
+        csv = path.with_suffix(".csv")
+        export_el_csv(WaferWorld(profile), csv)
+        import_el_csv(path, csv)
     return path
 
 

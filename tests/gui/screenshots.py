@@ -1,19 +1,23 @@
 """Screenshots of the main views for docs/gui.md: ``python -m tests.gui.screenshots [OUT_DIR]`` (default
 docs/images), best under Xvfb (``xvfb-run -s "-screen 0 1920x1080x24" ...``). Renders a whole synthetic demo wafer
-(about a minute), runs a demo scan on the virtual station for a few seconds, and saves gui-*.png."""
+with its EL reference (about a minute), runs a demo scan on the virtual station for a few seconds, and saves
+gui-*.png. The station's data directory ($PLMAPPER_HOME: password, audit log) is a temporary folder."""
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QSettings
 from PySide6.QtWidgets import QApplication
 
 import app.gui  # noqa: F401 - the PySide6 guard
 from app.gui.mainwindow import DEFAULT_STATION, MainWindow
+from inspection.access import ScryptCost, set_engineer_password
 from tests.gui.data import REPO, make_review_scan
 
 
@@ -36,6 +40,8 @@ def wait(application: QApplication, condition, timeout_s: float = 120.0) -> None
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="plmapper-shots-"))
+    os.environ["PLMAPPER_HOME"] = str(work / "home")
+    set_engineer_password("engineer secret", user="admin", cost=ScryptCost(n_log2=12, r=8, p=1))
     scan_path = make_review_scan(work / "W01-demo.h5", lines=slice(None), spectra=40)
     application = QApplication.instance() or QApplication([])
     settings = QSettings(str(work / "gui.ini"), QSettings.Format.IniFormat)
@@ -72,11 +78,57 @@ def main(out: Path) -> None:
     pump(application, 0.5)
     window.review.chip_dialog.grab().save(str(out / "gui-chip-details.png"))
     window.review.chip_dialog.close()
+    # a chip that fails EL, with its EL reference values
+    records = window.review.document.el_records()
+    with_spectrum = {(int(r["col"]), int(r["row"])) for r in window.review.document._scan.spectra()}
+    leaky = [
+        (int(record["col"]), int(record["row"]))
+        for record in records[records["fail_mode"] == 3]
+        if window.review.document.layout.chip_usable(int(record["col"]), int(record["row"]))
+    ]
+    chip = next((c for c in leaky if c in with_spectrum), leaky[len(leaky) // 2])
+    window.review.open_chip(*chip)
+    wait(application, lambda: (window.review.chip_dialog.details.col, window.review.chip_dialog.details.row) == chip)
+    pump(application, 0.5)
+    window.review.chip_dialog.grab().save(str(out / "gui-chip-details-el.png"))
+    window.review.chip_dialog.close()
+
+    # compare: PL prediction vs EL reference as a difference map, then two maps side by side
+    window.compare_pl_el()
+    wait(application, lambda: window.compare.counts is not None and window.compare.pane_a.image is not None)
+    pump(application, 0.8)
+    window.grab().save(str(out / "gui-compare-pl-el.png"))
+    compare = window.compare
+    compare.side_by_side.setChecked(True)
+    wait(application, lambda: compare.pane_b.image is not None and compare.counts is not None)
+    edge = np.argwhere(compare.pane_a.image == 1)
+    row, col = (int(v) for v in edge[len(edge) // 3])
+    compare.map_a.centre_on(col, row, chips_across=90)
+    pump(application, 0.8)
+    window.grab().save(str(out / "gui-compare-side-by-side.png"))
+    window.tabs.setCurrentWidget(window.review)
     window.review.side_tabs.setCurrentIndex(2)
     window.review.map.fit()
     pump(application, 0.3)
     window.review.side_splitter.grab().save(str(out / "gui-review-pareto.png"))
     window.review.side_tabs.setCurrentIndex(0)
+
+    # logging in as engineer: the dialog over the window (the whole screen is grabbed to show both)
+    window.tabs.setCurrentWidget(window.scan)
+    window.login()
+    window.login_dialog.user.setText("bob")
+    window.login_dialog.password.setText("wrong password")
+    window.login_dialog.submit()
+    wait(application, lambda: window.login_dialog.buttons.isEnabled() and window.login_dialog.message.text())
+    pump(application, 0.5)
+    application.primaryScreen().grabWindow(0).save(str(out / "gui-login.png"))
+    window.login_dialog.password.setText("engineer secret")
+    window.login_dialog.submit()
+    wait(application, lambda: window.access.session.is_engineer)
+    pump(application, 0.5)
+    window.grab().save(str(out / "gui-scan-engineer.png"))
+    window.access.logout()
+    window.tabs.setCurrentWidget(window.review)
 
     # the smaller screen
     window.resize(1366, 740)

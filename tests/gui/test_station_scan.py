@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from drivers.interfaces import Axis
+from inspection.access import Role, Session
 from inspection.scanfile import ScanFile, ScanStatus
-from tests.gui.conftest import COARSE_STATION
+from inspection.wafer import Placement
+from tests.gui.conftest import COARSE_STATION, audit_entries
 
 COARSE_RECIPE = COARSE_STATION.parent / "coarse-recipe.toml"
 
@@ -19,7 +21,7 @@ def connect(qtbot, window) -> None:
     qtbot.waitUntil(lambda: "µm" in window.station.position.text(), timeout=10_000)
 
 
-def test_station_scan_and_live_map(qtbot, window, tmp_path: Path) -> None:
+def test_station_scan_and_live_map(qtbot, window, tmp_path: Path, station_home: Path) -> None:
     connect(qtbot, window)
     station = window.station
     assert station.identities.rowCount() == 6
@@ -73,9 +75,27 @@ def test_station_scan_and_live_map(qtbot, window, tmp_path: Path) -> None:
     # the finished scan opens in Review, offering the analysis
     qtbot.waitUntil(lambda: window.review.document is not None, timeout=10_000)
     assert window.review.banner_button.text() == "Analyse now"
+    # start and stop are in the audit log; the recipe was run as it is (no temporary copy)
+    start, stop = [entry for entry in audit_entries(station_home) if entry.action.startswith("scan")]
+    assert (start.action, stop.action) == ("scan_start", "scan_stop")
+    assert start.details["file"] == path and start.details["recipe"] == str(COARSE_RECIPE)
+    assert (start.details["lot_id"], start.details["wafer_id"]) == ("L7", "W3") and start.role == "operator"
+    assert "recipe_changes" not in start.details
+    assert stop.details["status"] == "complete"
+    # Station ▸ Go to chip: through the scan's alignment, at the focus height
+    document = window.review.document
+    alignment = document.alignment
+    placement = Placement(alignment["offset_x_um"], alignment["offset_y_um"], alignment["rotation_deg"])
+    col, row = document.layout.column_count // 2, document.layout.row_count // 3
+    with qtbot.waitSignal(window.controller.state, timeout=20_000) as moved:
+        assert window.move_stage_to_chip(col, row)
+    x_um, y_um = placement.wafer_to_stage(*(float(v) for v in document.layout.chip_center_um(col, row)))
+    assert abs(moved.args[0].x_um - x_um) < 1.0 and abs(moved.args[0].y_um - y_um) < 1.0
+    assert abs(moved.args[0].z_um - document.recipe.focus.focus_z_um) < 1.0
 
 
 def test_recipe_problems_are_shown_on_the_field(qtbot, window) -> None:
+    window.access.set_session(Session("bob", Role.ENGINEER))  # only engineers change a recipe's fields
     scan = window.scan
     scan.select_recipe(COARSE_RECIPE)
     powers = scan.field_widgets["excitation.powers_w"]
@@ -92,7 +112,7 @@ def test_recipe_problems_are_shown_on_the_field(qtbot, window) -> None:
     assert scan.recipe is not None and powers.styleSheet() == ""
 
 
-def test_aborted_scan_is_offered_for_resume_and_resumes(qtbot, window, tmp_path: Path) -> None:
+def test_aborted_scan_is_offered_for_resume_and_resumes(qtbot, window, tmp_path: Path, station_home: Path) -> None:
     connect(qtbot, window)
     scan = window.scan
     scan.select_recipe(COARSE_RECIPE)
@@ -108,6 +128,8 @@ def test_aborted_scan_is_offered_for_resume_and_resumes(qtbot, window, tmp_path:
     window.controller.scan_progress.disconnect(abort_early)
     _path, status, _ = finished.args
     assert status == ScanStatus.ABORTED.value
+    actions = [entry.action for entry in audit_entries(station_home)]
+    assert actions == ["scan_start", "scan_stop_requested", "scan_stop"]
     # the stopped scan opens in Review with the offer to resume it
     qtbot.waitUntil(lambda: window.review.document is not None, timeout=10_000)
     assert window.review.banner_button.text() == "Resume scan…"
