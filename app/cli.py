@@ -101,6 +101,7 @@ _REPORTED_ERRORS = (
     (EXIT_BAD_INPUT, "inspection.scanfile", "ScanFileError"),
     (EXIT_BAD_INPUT, "inspection.model", "ModelFileError"),
     (EXIT_BAD_INPUT, "inspection.history", "HistoryError"),
+    (EXIT_BAD_INPUT, "inspection.access", "AccessError"),  # an audit log that cannot be written stops the work
     (EXIT_INSTRUMENT, "drivers.errors", "InstrumentError"),
     (EXIT_INSTRUMENT, "inspection.alignment", "AlignmentError"),
 )
@@ -297,7 +298,42 @@ def _parser() -> argparse.ArgumentParser:
         examples=["plmapper deploy models/blue.skops"],
     )
     deploy.add_argument("model", type=Path, help="model file (.skops) made by plmapper train")
+    deploy.add_argument("--user", default=os.environ.get("USER", "engineer"), help="the engineer deploying it")
     deploy.set_defaults(run=_deploy)
+
+    access = _group(
+        _command(
+            commands,
+            "access",
+            help="the engineer password and the audit log",
+            description="Engineers (not operators) edit recipes, station files and bin tables and deploy models; "
+            "the engineer role needs the station's password. Every engineer change and every scan start and stop "
+            "is in an append-only, hash-chained audit log. Details: docs/access.md. Passwords are read from the "
+            "terminal, or one per line from standard input when it is not a terminal (scripts).",
+            examples=["plmapper access set-password --user ana", "plmapper access log --verify"],
+        ),
+        "access commands",
+    )
+    set_password = _command(
+        access,
+        "set-password",
+        help="set or change the engineer password",
+        description="Set the engineer password (at least 8 characters); changing it needs the current one.",
+        examples=["plmapper access set-password --user ana"],
+    )
+    set_password.add_argument("--user", default=os.environ.get("USER", "engineer"), help="who sets it")
+    set_password.set_defaults(run=_access_set_password)
+    audit_log = _command(
+        access,
+        "log",
+        help="show (and check) the audit log",
+        description="Print the audit log's entries, newest last; --verify checks the hash chain (an edited, "
+        "removed or torn line is reported, exit 1).",
+        examples=["plmapper access log --verify", "plmapper access log --json"],
+    )
+    audit_log.add_argument("--verify", action="store_true", help="check that no line was changed or removed")
+    _json_argument(audit_log)
+    audit_log.set_defaults(run=_access_log)
 
     export = _command(
         commands,
@@ -688,6 +724,7 @@ def _atomic_output(path: Path) -> Iterator[Path]:
 
 def _scan(args: argparse.Namespace) -> int:
     from inspection import api
+    from inspection.access import AuditAction, audit, operator_session
     from inspection.scanfile import ScanStatus
 
     quiet = args.json
@@ -703,6 +740,7 @@ def _scan(args: argparse.Namespace) -> int:
             return None
         stopped.append(True)
         engines[0].abort()
+        audit(AuditAction.SCAN_STOP_REQUESTED, operator_session(args.operator), {"file": str(args.out)})
         return "stopping after the current line"
 
     recorder = _recorder()
@@ -1039,13 +1077,69 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _password(prompt: str) -> str:
+    """A password from the terminal (not echoed), or the next line of standard input in a script."""
+    import getpass
+
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\n")
+
+
 def _deploy(args: argparse.Namespace) -> int:
+    from inspection.access import AccessError, AuditAction, Permission, audit, engineer_login
     from inspection.deployment import deploy_model
     from inspection.home import station_home
+    from inspection.model import load_model
 
-    record = deploy_model(args.model)
+    model = load_model(args.model)  # a bad file is refused before anyone is asked for a password
+    try:
+        session = engineer_login(args.user, _password("engineer password: "))
+        session.require(Permission.DEPLOY_MODEL)
+        details = {"file": str(args.model), "model_id": model.model_id, "name": model.name, "sha256": model.sha256}
+        audit(AuditAction.MODEL_DEPLOYED, session, details)
+    except AccessError as error:
+        print(f"plmapper: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    record = deploy_model(args.model, user=session.user)
     print(f"deployed {record['name']!r} ({record['model_id']}) as the current model in {station_home() / 'models'}")
     return EXIT_OK
+
+
+def _access_set_password(args: argparse.Namespace) -> int:
+    from inspection.access import AccessError, engineer_password_set, set_engineer_password
+
+    current = _password("current engineer password: ") if engineer_password_set() else None
+    new = _password("new engineer password: ")
+    if _password("again: ") != new:
+        print("plmapper: the two new passwords differ; nothing changed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        set_engineer_password(new, current=current, user=args.user)
+    except (AccessError, ValueError) as error:
+        print(f"plmapper: {error}; nothing changed", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("engineer password set (recorded in the audit log)")
+    return EXIT_OK
+
+
+def _access_log(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from inspection.access import AuditLog
+
+    log = AuditLog()
+    entries = log.entries()
+    problems = log.verify() if args.verify else []
+    if args.json:
+        _print_json({"entries": [asdict(entry) for entry in entries], "problems": problems})
+    else:
+        for entry in entries:
+            details = ", ".join(f"{key}={value}" for key, value in entry.details.items())
+            print(f"{entry.seq:>6}  {entry.time_utc}  {entry.user:<12} {entry.role:<9} {entry.action:<20} {details}")
+        if args.verify:
+            print("\n".join(problems) if problems else f"audit log intact: {len(entries)} entries")
+    return EXIT_CHECK_FAILED if problems else EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from drivers.station import StationConfig, load_station_config
+from inspection.access import AuditAction, audit, operator_session
 from inspection.bins import BinTable, DefectClass, default_bin_table, load_bin_table
 from inspection.classify import Classification, ClassifyOptions, classify_scan, read_classification, scan_layout
 from inspection.deployment import deployed_model
@@ -158,6 +159,9 @@ def scan(
     else:
         identity = {"lot_id": lot, "wafer_id": wafer, "operator": operator, "recipe": recipe_name(_text(recipe))}
         identity["recipe_path"] = str(Path(recipe).absolute())
+    # every scan start and stop goes to the audit log; a log that cannot be written stops the scan before it starts
+    session = operator_session(operator)
+    audit(AuditAction.SCAN_START, session, {"file": str(out), "resume": resume, **identity})
     with _recording(record) as recorder:
         handle = None
 
@@ -183,12 +187,17 @@ def scan(
                 on_engine=engine_ready,
             )
         except BaseException as error:
+            status = _file_status(out)
+            message = "stopped by Ctrl-C" if isinstance(error, KeyboardInterrupt) else str(error)
+            status = "interrupted" if status in (None, "running") else status
             if handle is not None:  # what the file says now (a writer stopped mid-line leaves it interrupted)
-                status = _file_status(out)
-                message = "stopped by Ctrl-C" if isinstance(error, KeyboardInterrupt) else str(error)
-                recorder.end_scan(handle, "interrupted" if status in (None, "running") else status, message)
+                recorder.end_scan(handle, status, message)
+            audit(AuditAction.SCAN_STOP, session, {"file": str(out), "status": status, "message": message})
             raise
         recorder.end_scan(handle, outcome.status.value, outcome.message, uuid=_file_uuid(out))
+    audit(
+        AuditAction.SCAN_STOP, session, {"file": str(out), "status": outcome.status.value, "message": outcome.message}
+    )
     return outcome
 
 

@@ -68,9 +68,11 @@ MODEL_FORMAT_VERSION = 1
 
 TRUSTED_TYPES = (
     "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
     "sklearn.tree._tree.Tree",
 )
-"""Types beyond skops' own safe list that a model file may contain (both plain data holders of scikit-learn)."""
+"""Types beyond skops' own safe list that a model file may contain (plain data holders of scikit-learn: the
+calibrated classifier, the sigmoid calibrator used with few held-back failures, and the trees)."""
 
 _MISSING_VALUE = -999.0
 """NaN features become this, far below every real value, so the trees can split missing values off."""

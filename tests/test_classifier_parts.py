@@ -208,6 +208,15 @@ def test_model_learns_held_out_wafer_and_round_trips(model_file: Path) -> None:
     assert model.identity()["sha256"] and model.identity()["model_id"] == model.card["model_id"]
 
 
+def test_a_model_calibrated_with_few_failures_loads(tmp_path: Path) -> None:
+    # few held-back failures: sigmoid calibration, whose calibrator type must be trusted too (regression)
+    wafers = [synthetic_wafer(seed, chips=1500) for seed in (4, 5, 6)]
+    model = train_model(wafers, TrainSettings(trees=5))
+    assert model.card["calibration"] == "sigmoid"
+    loaded = load_model(save_model(model, tmp_path / "small.skops"))
+    assert np.array_equal(loaded.predict(wafers[0].features)[0], model.predict(wafers[0].features)[0])
+
+
 def test_drift_check_warns_on_a_shifted_wafer(model_file: Path) -> None:
     model = load_model(model_file)
     same = model.drift(synthetic_wafer(11).features)

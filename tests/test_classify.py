@@ -4,6 +4,7 @@ and from Python; a constructed scratch; and the error paths (no EL data, corrupt
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from app.cli import main
 from drivers.virtual.profile import load_profile
 from drivers.virtual.synthetic import write_reference_wafer
+from inspection.access import AuditLog, set_engineer_password
 from inspection.bins import NO_CHIP, DefectClass, default_bin_table
 from inspection.classify import (
     ClassifyOptions,
@@ -71,11 +73,20 @@ def model_path(wafers: dict[str, list[Path]], tmp_path_factory: pytest.TempPathF
     return path
 
 
+ENGINEER_PASSWORD = "correct horse"
+
+
 @pytest.fixture
 def station_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("PLMAPPER_HOME", str(home))
+    set_engineer_password(ENGINEER_PASSWORD, user="lead")
     return home
+
+
+def deploy(model_path: Path, password: str, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr("sys.stdin", io.StringIO(password + "\n"))  # a script gives the password on stdin
+    return main(["deploy", str(model_path), "--user", "ana"])
 
 
 def test_training_rows_are_the_inspected_probed_chips(wafers: dict[str, list[Path]]) -> None:
@@ -113,11 +124,23 @@ def test_rule_layer_alone_beats_95_percent_recall(wafers: dict[str, list[Path]],
 
 
 def test_deploy_then_classify_records_the_model(
-    wafers: dict[str, list[Path]], model_path: Path, station_home: Path, capsys
+    wafers: dict[str, list[Path]], model_path: Path, station_home: Path, capsys, monkeypatch
 ) -> None:
     scan = wafers["held_out"][0]
     assert deployed_model() is None
-    assert main(["deploy", str(model_path)]) == 0
+    # deploying is an engineer's change: a wrong password deploys nothing; both attempts are in the audit log
+    assert deploy(model_path, "wrong password", monkeypatch) == 2
+    assert "wrong engineer password" in capsys.readouterr().err
+    assert deployed_model() is None
+    assert deploy(model_path, ENGINEER_PASSWORD, monkeypatch) == 0
+    actions = [(entry.user, entry.action) for entry in AuditLog().entries()]
+    assert actions == [
+        ("lead", "password_set"),
+        ("ana", "login_failed"),
+        ("ana", "login"),
+        ("ana", "model_deployed"),
+    ]
+    assert not AuditLog().verify()
     model = deployed_model()
     assert model is not None and model.name == "test model"
     assert main(["classify", str(scan)]) == 0
@@ -136,8 +159,8 @@ def test_deploy_then_classify_records_the_model(
     assert evaluate_scan(scan).evaluation.chips == inspected.sum()
 
 
-def test_a_tampered_deployed_model_is_refused(model_path: Path, station_home: Path) -> None:
-    main(["deploy", str(model_path)])
+def test_a_tampered_deployed_model_is_refused(model_path: Path, station_home: Path, monkeypatch) -> None:
+    assert deploy(model_path, ENGINEER_PASSWORD, monkeypatch) == 0
     stored = next((station_home / "models").glob("*.skops"))
     stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(ModelFileError):
