@@ -15,11 +15,6 @@ from app.gui.qtcompat import guard_bool_singletons
 
 guard_bool_singletons()  # before any window exists: see app/gui/qtcompat.py
 
-from PySide6.QtWidgets import QApplication  # noqa: E402
-
-from app.gui.mainwindow import MainWindow  # noqa: E402
-from inspection.memory import retain_freed_memory  # noqa: E402
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the GUI; returns the exit code (0 when the window is closed normally, 2 for bad arguments).
@@ -31,6 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("file", nargs="?", type=Path, help="scan file to open (HDF5)")
     parser.add_argument("--station", type=Path, help="station file (default: the last used, or the virtual station)")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    # the window is imported here, not with the package: app.gui.exporting runs in a child process that needs only
+    # the package, not the widgets (docs/gui.md, Export)
+    from PySide6.QtWidgets import QApplication  # noqa: PLC0415
+
+    from app.gui.mainwindow import MainWindow  # noqa: PLC0415
+    from inspection.memory import retain_freed_memory  # noqa: PLC0415
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     retain_freed_memory()

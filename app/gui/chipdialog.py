@@ -6,13 +6,15 @@ import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QRectF, Qt
 from PySide6.QtWidgets import (
+    QAbstractScrollArea,
     QDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,
     QLabel,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -64,17 +66,23 @@ class ChipDialog(QDialog):
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.addWidget(self.values, 1)
+        left_layout.addWidget(self.values)
         self.el_box = self._el_view(details)
         left_layout.addWidget(self.el_box)
+        left_layout.addStretch(1)
         layout.addWidget(left, 1, 0)
         layout.addWidget(self._neighbour_view(details, table), 1, 1)
         layout.addWidget(self._spectrum_view(details), 2, 0, 1, 2)
         layout.setColumnStretch(0, 3)
         layout.setColumnStretch(1, 2)
-        layout.setRowStretch(1, 3)
-        layout.setRowStretch(2, 2)
+        layout.setRowStretch(1, 0)  # the values and neighbours as tall as they need, the spectrum gets the rest
+        layout.setRowStretch(2, 1)
         self.resize(900, 860)
+        if details.spectrum is None:  # as tall as its content: no stretched empty rows
+            layout.activate()
+            # the wrapped header needs the height it has at this width, not at its preferred one
+            wanted = layout.totalHeightForWidth(900) if layout.hasHeightForWidth() else self.sizeHint().height()
+            self.resize(900, min(860, max(wanted, self.sizeHint().height())))
 
     def _header(self, details: ChipDetails, table: BinTable | None) -> QLabel:
         parts = [
@@ -109,6 +117,10 @@ class ChipDialog(QDialog):
                 table.setItem(row, column, item)
         table.horizontalHeader().setStretchLastSection(True)
         table.resizeColumnsToContents()
+        # as tall as its rows: no empty area under them
+        table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        table.setSizeAdjustPolicy(QAbstractScrollArea.SizeAdjustPolicy.AdjustToContents)
+        table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         return table
 
     def _el_view(self, details: ChipDetails) -> QGroupBox:
@@ -154,9 +166,12 @@ class ChipDialog(QDialog):
     def _neighbour_view(self, details: ChipDetails, table: BinTable | None) -> QGroupBox:
         box = QGroupBox(f"Neighbours ({2 * NEIGHBOURHOOD + 1} × {2 * NEIGHBOURHOOD + 1})")
         layout = QVBoxLayout(box)
-        plot = pg.PlotWidget(background=BACKGROUND)
+        # the dialog's own colour (opaque): the space around the square grid is no dark block
+        plot = pg.PlotWidget(background=self.palette().window().color())
         plot.setObjectName("neighbourPlot")
         plot.setAspectLocked(True)
+        plot.setMinimumSize(240, 240)
+        plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)  # as tall as the values beside
         plot.hideAxis("left")
         plot.hideAxis("bottom")
         plot.setMouseEnabled(False, False)
@@ -179,6 +194,8 @@ class ChipDialog(QDialog):
         pen.setCosmetic(True)
         centre.setPen(pen)
         plot.addItem(centre)
+        size = 2 * NEIGHBOURHOOD + 1
+        plot.setRange(QRectF(0, 0, size, size), padding=0)
         # each neighbour's intensity relative to the chip's, printed on it
         own = details.neighbours[n, n]
         for i in range(2 * n + 1):
@@ -190,7 +207,7 @@ class ChipDialog(QDialog):
                 label = pg.TextItem(text, color="#ffffff", anchor=(0.5, 0.5))
                 label.setPos(j + 0.5, i + 0.5)
                 plot.addItem(label)
-        layout.addWidget(plot)
+        layout.addWidget(plot, 1)
         note = QLabel(f"colours: {what}; numbers: intensity relative to this chip")
         note.setWordWrap(True)
         layout.addWidget(note)

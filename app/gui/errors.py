@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+from app.gui.exporting import ExportInputError
 from drivers.errors import (
     InstrumentConnectionError,
     InstrumentError,
@@ -54,6 +55,11 @@ def describe_error(error: BaseException) -> tuple[str, str]:
         return "Alignment failed", (
             f"{error}\n\nWhat to do: check that the wafer matches the recipe and lies flat near the chuck's centre, "
             "then start again."
+        )
+    if isinstance(error, ExportInputError):
+        return "Cannot export", (
+            f"{error}\n\nWhat to do: the message names the file and what it lacks. In this window File ▸ Analyse "
+            "(Ctrl+Shift+A) analyses a scan file and File ▸ Classify (Ctrl+Shift+C) classifies it. Nothing was written."
         )
     if isinstance(error, ScanFileError):
         return "Scan file problem", f"{error}\n\nWhat to do: choose another scan file, or another output file name."

@@ -1,12 +1,18 @@
 """The main window: Review, Compare, Scan and Station tabs, menus and shortcuts, progress with Cancel, the role
-(operator or engineer) with log-in and log-out, saved layout."""
+(operator or engineer) with log-in and log-out, saved layout; analysing, classifying and exporting the open scan file
+in the background, recorded in the scan history as the command line records them (:mod:`inspection.api`)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from PySide6.QtCore import QByteArray, QSettings, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtCore import QByteArray, QSettings, QTimer, QUrl, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
     QDialog,
     QFileDialog,
@@ -29,7 +35,9 @@ from app.gui.dialogs import (
     ModelChoice,
     SettingsEditor,
 )
-from app.gui.mapdata import TaskCancelled
+from app.gui.exporting import ExportCancelled, expected_files, export_job, lot_report_job, run_job
+from app.gui.mapdata import ScanDocument, TaskCancelled
+from app.gui.resultdialogs import ExportDialog, LotReportDialog, ReanalyseDialog
 from app.gui.review import ReviewPanel
 from app.gui.scanpanel import ScanPanel
 from app.gui.station import StationController
@@ -37,8 +45,12 @@ from app.gui.stationpanel import StationPanel
 from app.gui.tasks import DocumentKeeper, TaskRunner
 from inspection.access import AuditAction, AuditLog, Permission, Session, audit
 from inspection.bins import DEFAULT_BIN_TABLE
-from inspection.pipeline import analyze_scan
+from inspection.history import Recorder
+from inspection.pipeline import AnalysisSettings
+from inspection.scanfile import ScanStatus
 from inspection.wafer import Placement
+
+log = logging.getLogger("plmapper.gui")
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 DEFAULT_STATION = RESOURCES / "stations" / "virtual.toml"
@@ -49,7 +61,9 @@ SHORTCUTS = [
     ("Ctrl+O", "Open a scan file"),
     ("Ctrl+W", "Close the scan file"),
     ("Ctrl+Shift+A", "Analyse the open scan file"),
+    ("Ctrl+Shift+R", "Analyse the open scan file again with other settings"),
     ("Ctrl+Shift+C", "Classify the open scan file again (another model, the rules)"),
+    ("Ctrl+Shift+X", "Export the open scan file (KLARF, E142, CSV, Parquet, PNG, PDF)"),
     ("Ctrl+1 / Ctrl+2 / Ctrl+3 / Ctrl+4", "Review / Compare / Scan / Station tab"),
     ("Home", "Whole wafer"),
     ("Ctrl+J", "Show a chip by its index (Review)"),
@@ -68,6 +82,8 @@ SHORTCUTS = [
 
 class MainWindow(QMainWindow):
     """The operator's window. ``settings`` defaults to the user's plmapper settings (tests pass their own)."""
+
+    history_warning = Signal(str)  # the scan history could not be written (from a worker; the work went on)
 
     def __init__(self, settings: QSettings | None = None, station_file: Path | None = None) -> None:
         super().__init__()
@@ -94,13 +110,19 @@ class MainWindow(QMainWindow):
         self._status_bar()
         self._menus()
         self.runner.error.connect(self.show_error)
+        self.history_warning.connect(self._history_warning)
+        self.controller.history_warning.connect(self._history_warning)
         self.controller.failed.connect(self.show_error)
         self.controller.scan_started.connect(lambda *_: self.station.set_scanning(True))
         self.controller.scan_finished.connect(lambda *_: self.station.set_scanning(False))
+        self.controller.scan_started.connect(lambda *_: self._update_file_actions())
+        self.controller.scan_finished.connect(lambda *_: self._update_file_actions())
         self.controller.connected.connect(lambda name, _: self.statusBar().showMessage(f"connected to {name}", 5000))
         self.review.resume_requested.connect(self.resume_scan_file)
         self.review.analyse_requested.connect(self.analyse_file)
         self.review.classify_requested.connect(self.classify_file)
+        self.review.reanalyse_requested.connect(self.reanalyse_file)
+        self.review.export_requested.connect(self.export_file)
         self.review.document_changed.connect(self._document_changed)
         self.review.document_changed.connect(self.compare.set_document)
         self.compare.chip_requested.connect(self.review.open_chip)
@@ -112,6 +134,7 @@ class MainWindow(QMainWindow):
         self._poll_timer.timeout.connect(self.controller.poll)
         self._poll_timer.start()
         self._restore()
+        self._update_file_actions()
 
     # -- chrome ------------------------------------------------------------------------------------------------------
     def _status_bar(self) -> None:
@@ -163,7 +186,14 @@ class MainWindow(QMainWindow):
         self.recent_menu = file_menu.addMenu("Open &recent")
         self._action(file_menu, "&Close scan file", self.review.close_document, "Ctrl+W")
         self._action(file_menu, "&Analyse scan file", self.analyse_file, "Ctrl+Shift+A")
+        self.reanalyse_action = self._action(
+            file_menu, "Analyse a&gain with other settings…", self.reanalyse_file, "Ctrl+Shift+R", "reanalyseAction"
+        )
         self._action(file_menu, "C&lassify scan file…", self.classify_file, "Ctrl+Shift+C", "classifyAction")
+        file_menu.addSeparator()
+        self.export_action = self._action(file_menu, "&Export…", self.export_file, "Ctrl+Shift+X", "exportAction")
+        self._action(file_menu, "Lo&t report…", self.lot_report, None, "lotReportAction")
+        file_menu.setToolTipsVisible(True)
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, "Ctrl+Q")
         view = bar.addMenu("&View")
@@ -273,6 +303,7 @@ class MainWindow(QMainWindow):
 
     def _document_changed(self, document) -> None:
         self.setWindowTitle(f"plmapper: {document.describe()}" if document is not None else "plmapper")
+        self._update_file_actions()
 
     def resume_scan_file(self, path: str) -> None:
         """Prepare the Scan tab to resume the stopped scan in ``path`` (the Review lets go of the file: the scan writes
@@ -295,9 +326,13 @@ class MainWindow(QMainWindow):
 
         def work(progress, cancel):
             _wait_closed(readers, cancel)
-            return analyze_scan(target, progress=progress)
+            from inspection import api  # noqa: PLC0415 - imports the classifier (seconds): not on the GUI thread
 
-        self.runner.start(work, f"Analysing {target.name}", done=lambda *_: self.open_file(target))
+            with self._recording() as recorder:  # recorded in the scan history as `plmapper analyze` records it
+                return api.analyze(target, progress=_cancellable(progress, cancel), record=recorder)
+
+        # shown again whatever happened (an interrupted analysis leaves the previous results, or none)
+        self.runner.start(work, f"Analysing {target.name}", always=lambda: self.open_file(target))
 
     def _release(self, path: Path) -> list:
         """Let go of every open document of ``path`` (Review, Compare); returns them, to wait until they are closed."""
@@ -309,6 +344,244 @@ class MainWindow(QMainWindow):
             documents.append(self.compare.document_b)
             self.compare.release(path)
         return documents
+
+    # -- the scan history --------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[Recorder]:
+        """A recorder of the scan history for one piece of work (on its worker), as the command line uses one: a
+        history that cannot be written is said once in the status bar, the work goes on."""
+        recorder = Recorder(True, warn=self._warn_history)
+        try:
+            yield recorder
+        finally:
+            recorder.close()
+
+    def _warn_history(self, message: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the window is gone
+            self.history_warning.emit(message)
+
+    def _history_warning(self, message: str) -> None:
+        log.warning("%s", message)
+        self.statusBar().showMessage(message, 15000)
+
+    # -- analysing again ---------------------------------------------------------------------------------------------
+    def reanalysis_blocked(self, document: ScanDocument | None = None) -> str | None:
+        """Why the open scan file (or ``document``) cannot be analysed again; None if it can."""
+        document = self.review.document if document is None else document
+        if document is None:
+            return "Open a scan file first (File ▸ Open, Ctrl+O)."
+        name = document.path.name
+        if document.status is ScanStatus.RUNNING or self.scan.output_being_written() == document.path.resolve():
+            return f"{name} is still being written by a scan: analyse it again once the scan has stopped."
+        if not document.has_raw_lines:
+            return (
+                f"{name} holds no raw lines (an imported map: its results came with the import), so there is nothing "
+                "to analyse again. Classify it again instead (Ctrl+Shift+C)."
+            )
+        return None
+
+    def _update_file_actions(self) -> None:
+        reason = self.reanalysis_blocked() if self.review.document is not None else "Open a scan file first."
+        tip = reason or "Analyse the open scan file again with other settings, then classify it again (Ctrl+Shift+R)"
+        self.reanalyse_action.setEnabled(reason is None)
+        self.reanalyse_action.setToolTip(tip)
+        self.reanalyse_action.setStatusTip(tip)
+        self.review.set_reanalysis_allowed(reason)
+        self.export_action.setEnabled(self.review.document is not None)
+
+    def reanalyse_file(self, *_: object) -> None:
+        """Ask for the analysis settings, then analyse the open file again (and classify it again)."""
+        document = self.review.document
+        reason = self.reanalysis_blocked(document)
+        if reason is not None or document is None:
+            self.show_error("Cannot analyse again", reason or "Open a scan file first.")
+            return
+        path = document.path
+        dialog = ReanalyseDialog(path.name, document.analysis_settings, self.runner, self)
+        self.reanalyse_dialog = dialog
+
+        def accepted() -> None:
+            settings = dialog.settings()
+            if settings is not None:
+                self.run_reanalysis(path, settings, classify=dialog.classify_after())
+
+        dialog.accepted.connect(accepted)
+        dialog.open()
+
+    def run_reanalysis(self, path: Path, settings: AnalysisSettings, *, classify: bool = True):
+        """Analyse ``path`` again with ``settings`` (``inspection.api.analyze``), then classify it again with the
+        station's deployed model, or the rule layer when none is deployed, keeping the file's bin table
+        (``inspection.api.classify``; audited); then show it again on the same layer. Returns the task (None when
+        refused). Cancel during the analysis keeps the previous results; during the classification, the new results
+        with the previous classification (said in a message)."""
+        path = Path(path)
+        document = self.review.document
+        same = document is not None and document.path == path
+        reason = self.reanalysis_blocked(document) if same else None
+        if reason is not None:
+            self.show_error("Cannot analyse again", reason)
+            return None
+        table = document.bin_table if same else None
+        layer = self.review.layer.key if same and self.review.layer is not None else None
+        session = self.access.session
+        readers = self._release(path)  # the analysis writes into the file: no reader may hold it
+        state = {"analysed": False, "classified": False, "failed": False}
+
+        def work(progress, cancel):
+            from inspection import api  # noqa: PLC0415 - imports the classifier (seconds): not on the GUI thread
+            from inspection.bins import default_bin_table  # noqa: PLC0415
+            from inspection.classify import ClassifyOptions  # noqa: PLC0415
+            from inspection.deployment import deployed_model  # noqa: PLC0415
+
+            options = None
+            if classify:  # the model first: a broken deployment is said before anything is written
+                progress(0.0, "loading the deployed model")
+                options = ClassifyOptions(bin_table=table or default_bin_table(), model=deployed_model())
+            _wait_closed(readers, cancel)
+            share = 0.8 if classify else 1.0
+            with self._recording() as recorder:
+                summary = api.analyze(
+                    path, settings=settings, progress=_cancellable(progress, cancel, 0.0, share), record=recorder
+                )
+                state["analysed"] = True
+                if options is None:
+                    return summary, None
+                classification = api.classify(
+                    path, options=options, progress=_cancellable(progress, cancel, share, 1.0 - share), record=recorder
+                )
+            state["classified"] = True
+            audit(
+                AuditAction.CLASSIFIED,
+                session,
+                {"file": str(path), "classifier": classification.classifier, "counts": classification.bin_counts()},
+            )
+            return summary, classification.classifier
+
+        def done(result) -> None:
+            summary, classifier = result
+            text = f"{path.name} analysed again in {summary.seconds:.1f} s"
+            if classifier is not None:
+                text += f" and classified again ({classifier.get('name', classifier.get('kind', '?'))})"
+            self.statusBar().showMessage(text, 15000)
+
+        def failed(title: str, text: str) -> None:
+            state["failed"] = True
+            if state["analysed"] and classify and not state["classified"]:
+                text += f"\n\n{STALE_CLASSIFICATION.format(name=path.name)}"
+            self.show_error(title, text)
+
+        def always() -> None:
+            self.open_file(path, layer)
+            if state["analysed"] and classify and not state["classified"] and not state["failed"]:
+                self.show_error("Classification cancelled", STALE_CLASSIFICATION.format(name=path.name))
+
+        return self.runner.start(work, f"Analysing {path.name} again", done=done, failed=failed, always=always)
+
+    # -- exports -----------------------------------------------------------------------------------------------------
+    def export_file(self, *_: object) -> None:
+        """File ▸ Export…: choose formats and folder, then export the open file in the background."""
+        document = self.review.document
+        if document is None:
+            self.statusBar().showMessage("Open a scan file first (File ▸ Open, Ctrl+O).", 5000)
+            return
+        if not document.has_results or not document.has_classification:
+            missing = "no analysis results" if not document.has_results else "not classified yet"
+            first = "analyse it (File ▸ Analyse, Ctrl+Shift+A), then classify it" if not document.has_results else (
+                "classify it first (File ▸ Classify…, Ctrl+Shift+C)"
+            )  # fmt: skip
+            self.show_error("Cannot export", f"{document.path.name}: {missing}; {first}. Nothing was written.")
+            return
+        path = document.path
+        passes = len(document.powers_w)
+        spectra = any(layer.key == "wavelength_map_nm" for layer in document.layers)
+        png_maps = 1 + passes + (passes >= 2) + 2 * spectra
+        dialog = ExportDialog(path, self.settings, self)
+        self.export_dialog = dialog
+        dialog.accepted.connect(lambda: self.run_export(path, dialog.folder(), dialog.formats(), png_maps=png_maps))
+        dialog.open()
+
+    def run_export(self, path: Path, folder: Path, formats: list[str], *, png_maps: int = 4):
+        """Export ``path`` in ``formats`` into ``folder`` (``inspection.export.export_scan`` in a child process:
+        app/gui/exporting.py), recorded in the scan history as ``plmapper export`` records it. Cancel stops after
+        the files already complete (they stay). Returns the task."""
+        path, folder, formats = Path(path), Path(folder), list(formats)
+        outcome: dict[str, Any] = {}
+
+        def work(progress, cancel):
+            progress(0.0, f"exporting {path.name} (starting the export process)")
+            job = export_job(path, folder, formats)
+            stopped = None
+            with (
+                self._recording() as recorder,
+                recorder.operation(path, "export", {"formats": formats}) as result,
+            ):
+                try:
+                    written = run_job(job, progress, cancel, expected=expected_files(formats, png_maps))
+                except ExportCancelled as cancelled:
+                    stopped, written = cancelled, cancelled.written
+                    result.status, result.message = "stopped", CANCELLED
+                result.details = {"formats": formats, "files": [str(item) for item in written]}
+            if stopped is not None:
+                outcome["cancelled"] = stopped.written
+                raise stopped
+            return written
+
+        def always() -> None:
+            if "cancelled" in outcome:
+                written = outcome["cancelled"]
+                self.statusBar().showMessage(
+                    f"export of {path.name} cancelled; {len(written)} file(s) were complete and stay in {folder}", 15000
+                )
+
+        return self.runner.start(
+            work, f"Exporting {path.name}", done=lambda written: self._exported(folder, written), always=always
+        )
+
+    def lot_report(self, *_: object) -> None:
+        """File ▸ Lot report…: choose the lot's scan files and the report file, then write it in the background."""
+        files = [self.review.document.path] if self.review.document is not None else []
+        dialog = LotReportDialog(files, self.settings, self)
+        self.lot_report_dialog = dialog
+        dialog.accepted.connect(lambda: self.run_lot_report(dialog.scan_files(), dialog.output()))
+        dialog.open()
+
+    def run_lot_report(self, scans: list[Path], out: Path):
+        """A lot report of ``scans`` into ``out`` (PDF) and its CSV (``inspection.export.lot_report`` in a child
+        process). Returns the task."""
+        scans, out = [Path(scan) for scan in scans], Path(out)
+
+        def work(progress, cancel):
+            progress(0.0, f"lot report of {len(scans)} wafer(s) (starting the export process)")
+            return run_job(lot_report_job(scans, out), progress, cancel)
+
+        return self.runner.start(
+            work, "Lot report", done=lambda written: self._exported(out.parent, written, "Lot report written")
+        )
+
+    def _exported(self, folder: Path, written: list[Path], title: str = "Export complete") -> None:
+        """Say what was written, with a button that opens the folder."""
+        names = "\n".join(f"  {path.name}" for path in written[:12]) + ("\n  …" if len(written) > 12 else "")
+        self.statusBar().showMessage(f"{len(written)} file(s) written to {folder}", 15000)
+        box = QMessageBox(
+            QMessageBox.Icon.Information,
+            title,
+            f"{len(written)} file(s) written to {folder}:\n{names}",
+            QMessageBox.StandardButton.Close,
+            self,
+        )
+        box.setObjectName("exportDoneBox")
+        button = box.addButton("Open folder", QMessageBox.ButtonRole.ActionRole)
+        button.setObjectName("openFolderButton")
+        button.clicked.connect(lambda: self.open_folder(folder))
+        self.export_done_box = box
+        box.open()
+
+    def open_folder(self, folder: Path) -> None:
+        """Show ``folder`` in the desktop's file manager."""
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            self.show_error(
+                "Cannot open the folder", f"No file manager opened {folder}.\n\nWhat to do: open it by hand."
+            )
 
     # -- classification ----------------------------------------------------------------------------------------------
     def classify_file(self, path: str | bool | None = None) -> None:
@@ -336,7 +609,7 @@ class MainWindow(QMainWindow):
 
         def work(progress, cancel):
             from inspection.bins import default_bin_table  # noqa: PLC0415 - the classifier imports scikit-learn
-            from inspection.classify import ClassifyOptions, classify_scan  # noqa: PLC0415
+            from inspection.classify import ClassifyOptions  # noqa: PLC0415
             from inspection.deployment import deployed_model  # noqa: PLC0415
             from inspection.model import load_model  # noqa: PLC0415
 
@@ -356,13 +629,14 @@ class MainWindow(QMainWindow):
                     )
             _wait_closed(readers, cancel)
 
-            def report(fraction: float, message: str) -> None:
-                if cancel.is_set():
-                    raise TaskCancelled  # before anything is written: the file keeps its classification
-                progress(fraction, message)
+            from inspection import api  # noqa: PLC0415
 
             options = ClassifyOptions(bin_table=table or default_bin_table(), model=model)
-            classification = classify_scan(path, options, progress=report)
+            # a cancel stops it before anything is written: the file keeps its classification
+            with self._recording() as recorder:  # recorded in the scan history as `plmapper classify` records it
+                classification = api.classify(
+                    path, options=options, progress=_cancellable(progress, cancel), record=recorder
+                )
             audit(
                 AuditAction.CLASSIFIED,
                 session,
@@ -547,7 +821,10 @@ class MainWindow(QMainWindow):
         operator = self.settings.value("scan/operator")
         if operator:
             self.scan.operator.setText(str(operator))
-        self.tabs.setCurrentIndex(int(self.settings.value("window/tab", 0)))
+        # the tab by its name: an index saved before the Compare tab existed opened the tab after the one left
+        names = [self.tabs.tabText(index) for index in range(self.tabs.count())]
+        tab = str(self.settings.value("window/tab_name", "Review"))
+        self.tabs.setCurrentIndex(names.index(tab) if tab in names else 0)
 
     def _splitters(self) -> list:
         return [self.review.splitter, self.review.side_splitter, self.scan.splitter, self.compare.splitter]
@@ -555,7 +832,8 @@ class MainWindow(QMainWindow):
     def save_settings(self) -> None:
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.setValue("window/state", self.saveState())
-        self.settings.setValue("window/tab", self.tabs.currentIndex())
+        self.settings.setValue("window/tab_name", self.tabs.tabText(self.tabs.currentIndex()))
+        self.settings.remove("window/tab")  # the index of earlier versions (see _restore)
         for splitter in self._splitters():
             self.settings.setValue(f"splitters/{splitter.objectName()}", splitter.saveState())
         if self.scan.recipe_path is not None:
@@ -582,6 +860,29 @@ class MainWindow(QMainWindow):
         self.compare.close_documents()
         self.access.logout()
         event.accept()
+
+
+CANCELLED = "cancelled in the window"
+"""What the scan history says of work cancelled here."""
+STALE_CLASSIFICATION = (
+    "{name} was analysed again, but it was not classified again: the bins shown are those of the previous analysis. "
+    "What to do: classify it again (File ▸ Classify…, Ctrl+Shift+C)."
+)
+
+
+def _cancellable(
+    progress: Callable[[float, str], None], cancel: threading.Event, start: float = 0.0, share: float = 1.0
+) -> Callable[[float, str], None]:
+    """A progress callback for work that reports often: raises :class:`TaskCancelled` once ``cancel`` is set (not at
+    the report of its end: the work is done by then), and maps the work's 0..1 onto ``start .. start + share`` of the
+    task."""
+
+    def report(fraction: float, message: str) -> None:
+        if cancel.is_set() and fraction < 1.0:
+            raise TaskCancelled(CANCELLED)
+        progress(start + share * fraction, message)
+
+    return report
 
 
 def _wait_closed(documents: list, cancel, timeout_s: float = 60.0) -> None:

@@ -247,6 +247,7 @@ class ScanDocument:
         file = scan.h5file
         self._results = file.get("results")
         self.has_results = self._results is not None
+        self.analysis_settings: dict[str, Any] = {}  # the AnalysisSettings of the stored results (as JSON values)
         if self._results is not None:
             version = int(self._results.attrs.get("format_version", 0))
             if version > RESULTS_FORMAT_VERSION:
@@ -254,6 +255,10 @@ class ScanDocument:
                     f"{self.path}: results format {version} is newer than this software reads "
                     f"({RESULTS_FORMAT_VERSION}); update plmapper"
                 )
+            try:
+                self.analysis_settings = dict(json.loads(_text(self._results.attrs.get("settings_json", "{}"))))
+            except (ValueError, TypeError):
+                self.analysis_settings = {}
         group = file.get("classification")
         self.classification: _Classification | None = None
         if group is not None:
@@ -664,6 +669,11 @@ class ScanDocument:
         wafer = self.wafer_id or "?"
         lot = self.lot_id or "?"
         return f"{self.path.name}: wafer {wafer}, lot {lot}, {self.recipe.name}, {self.status.value}"
+
+    @property
+    def has_raw_lines(self) -> bool:
+        """Whether the file holds complete raw lines to analyse (an imported map has results but none)."""
+        return any(self.lines_complete)
 
     @property
     def resumable(self) -> bool:

@@ -40,6 +40,8 @@ DETAIL_MAX_CHIPS = 4096
 """Largest detail window per axis (chips)."""
 DETAIL_MARGIN = 0.25
 """The detail window extends this fraction of the view beyond it on every side, so small pans need no new read."""
+EMPTY_RADIUS_UM = 52_000.0
+"""Half the width shown before any wafer is (a 4" wafer's radius): the axes of an empty map read mm, not 0..1 µm."""
 CONTINUOUS_MAP = "viridis"
 DIVERGING_MAP = "CET-D1"
 
@@ -102,11 +104,15 @@ class WaferMapView(QWidget):
         for name in ("bottom", "left"):
             axis = self.plot.getAxis(name)
             axis.setScale(1e-3)
+            axis.enableAutoSIPrefix(False)  # the axes are mm at every zoom (an empty map read "(x1e-06)")
             axis.setPen(pg.mkPen("#9aa0a6"))
             axis.setTextPen(pg.mkPen("#c8ccd0"))
         self.plot.setLabel("bottom", "x (mm)", color="#c8ccd0")
         self.plot.setLabel("left", "y (mm)", color="#c8ccd0")
         self.view: pg.ViewBox = self.plot.getViewBox()
+        self.view.setRange(
+            QRectF(-EMPTY_RADIUS_UM, -EMPTY_RADIUS_UM, 2 * EMPTY_RADIUS_UM, 2 * EMPTY_RADIUS_UM), padding=0
+        )
         self.overview = pg.ImageItem(axisOrder="row-major")
         self.detail = pg.ImageItem(axisOrder="row-major")
         self.detail.setZValue(1)
@@ -137,6 +143,7 @@ class WaferMapView(QWidget):
         self.colour_bar.setImageItem([], insert_in=self.plot)
         self.colour_bar.sigLevelsChanged.connect(self._bar_levels_changed)
         self.colour_bar.axis.setTextPen(pg.mkPen("#c8ccd0"))
+        self.colour_bar.hide()  # until a measurement is shown
         self._lut_continuous = pg.colormap.get(CONTINUOUS_MAP).getLookupTable(nPts=256, alpha=True)
         self._lut_diverging = pg.colormap.get(DIVERGING_MAP).getLookupTable(nPts=256, alpha=True)
         self._lut: np.ndarray | None = None

@@ -151,6 +151,8 @@ class ReviewPanel(QWidget):
     resume_requested = Signal(str)
     analyse_requested = Signal(str)
     classify_requested = Signal(str)
+    reanalyse_requested = Signal()
+    export_requested = Signal()
 
     def __init__(self, runner: TaskRunner, parent: QWidget | None = None, keeper: DocumentKeeper | None = None) -> None:
         super().__init__(parent)
@@ -185,10 +187,21 @@ class ReviewPanel(QWidget):
         )
         self.classify_button.setEnabled(False)
         self.classify_button.clicked.connect(self._classify_clicked)
+        self.reanalyse_button = QPushButton("Analyse again…")
+        self.reanalyse_button.setObjectName("reanalyseButton")
+        self.reanalyse_button.setEnabled(False)
+        self.reanalyse_button.clicked.connect(self.reanalyse_requested)
+        self.export_button = QPushButton("Export…")
+        self.export_button.setObjectName("exportButton")
+        self.export_button.setToolTip("KLARF, SEMI E142, CSV, Parquet, PNG maps, the PDF report (Ctrl+Shift+X)")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self.export_requested)
         top.addWidget(QLabel("Show:"))
         top.addWidget(self.layer_combo)
         top.addWidget(self.fit_button)
         top.addWidget(self.classify_button)
+        top.addWidget(self.reanalyse_button)
+        top.addWidget(self.export_button)
         top.addWidget(self.title, 1)
         self.banner = QLabel()
         self.banner.setObjectName("reviewBanner")
@@ -355,6 +368,7 @@ class ReviewPanel(QWidget):
         self.map.set_layout(document.layout)
         self._show_alignment(document)
         self.classify_button.setEnabled(document.has_results)
+        self.export_button.setEnabled(True)
         self.title.setText(document.describe())
         self.bins = document.bin_summary(counts)
         self._fill_legend()
@@ -414,6 +428,13 @@ class ReviewPanel(QWidget):
         elif self._banner_kind == "classify":
             self.classify_requested.emit(str(self.document.path))
 
+    def set_reanalysis_allowed(self, reason: str | None) -> None:
+        """Enable "Analyse again…", or disable it with ``reason`` as its tooltip."""
+        self.reanalyse_button.setEnabled(reason is None)
+        self.reanalyse_button.setToolTip(
+            reason or "Analyse this scan again with other settings, then classify it again (Ctrl+Shift+R)"
+        )
+
     def _classify_clicked(self) -> None:
         if self.document is not None:
             self.classify_requested.emit(str(self.document.path))
@@ -444,6 +465,7 @@ class ReviewPanel(QWidget):
         self.layer = self.image = None
         self.title.setText("No scan open: File ▸ Open (Ctrl+O)")
         self.classify_button.setEnabled(False)
+        self.export_button.setEnabled(False)
         self.map.set_note("")
         self.layer_combo.clear()
         self.banner.hide()

@@ -435,6 +435,8 @@ class ScanPanel(QWidget):
             f"{recipe.grid.chip_height_um:g} µm chips at {recipe.grid.pitch_x_um:g} µm pitch, "
             f"{layout.chip_count:,} usable chips"
         )
+        if self.live is None:  # before the first scan the live map shows the wafer the recipe is for
+            self.live_map.set_layout(layout)
         plan = plan_scan(recipe, Placement(), accel_um_s2=NOMINAL_ACCEL_UM_S2)
         note = "" if self.controller.is_connected else "\n(stage acceleration assumed 3000 mm/s² until connected)"
         self.plan_text.setPlainText(plan.summary() + note)
@@ -462,6 +464,11 @@ class ScanPanel(QWidget):
         if not name.endswith(".h5"):
             name += ".h5"
         return Path(self.folder.text()).expanduser() / name
+
+    def output_being_written(self) -> Path | None:
+        """The scan file the scan started here is writing (None while no scan runs)."""
+        output = self._scan_output
+        return output.resolve() if self.controller.scanning and output is not None else None
 
     def offer_resume(self, path: Path) -> None:
         """Set the form up to resume the stopped scan in ``path``."""
@@ -524,7 +531,10 @@ class ScanPanel(QWidget):
         self.live = LiveMap(output)
         self.live_map.hide_detail()
         self._live_layout_set = False
-        if self.controller.start_scan(recipe_path, output, identity, resume=resume) is None:
+        started = self.controller.start_scan(
+            recipe_path, output, identity, resume=resume, recipe_source=None if resume else self.recipe_path
+        )
+        if started is None:
             self.access.audit(AuditAction.SCAN_STOP, {"file": str(output), "status": "not started"})
             self._drop_temporary_recipe()
             return False

@@ -4,8 +4,9 @@
 process serving it, started exactly as ``plmapper station check`` and ``plmapper scan`` start it:
 :func:`drivers.station.connect`). All instrument I/O runs on its single worker thread, in order, so the
 instruments are never talked to from two places at once and the GUI thread never waits for one. A scan
-(:func:`inspection.job.run_scan`) runs on that thread too; pause, resume and abort go straight to its engine, which
-acts on them between lines. While it runs, the jog and laser commands are refused (the engine owns the hardware);
+(:func:`inspection.job.run_scan`) runs on that thread too, recorded in the scan history (start, end, status) as
+:func:`inspection.api.scan` records the command line's scans; pause, resume and abort go straight to its engine,
+which acts on them between lines. While it runs, the jog and laser commands are refused (the engine owns the hardware);
 "Laser off" then pauses the scan, which switches the laser off after the current line.
 """
 
@@ -25,8 +26,10 @@ from PySide6.QtCore import QObject, Signal
 from app.gui.errors import describe_error
 from drivers.interfaces import Axis
 from drivers.station import Station, StationConfig, connect, load_station_config
+from inspection.history import Recorder, read_scan_identity, recipe_name
 from inspection.job import ScanIdentity, run_scan
 from inspection.scan import ScanEngine, ScanProgress
+from inspection.scanfile import ScanFileError
 
 log = logging.getLogger("plmapper.gui")
 
@@ -58,6 +61,7 @@ class StationController(QObject):
     scan_progress = Signal(object)  # inspection.scan.ScanProgress
     scan_started = Signal(str)  # scan file
     scan_finished = Signal(str, str, str)  # scan file, status, message
+    history_warning = Signal(str)  # the scan history could not be written (the scan goes on)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -253,9 +257,17 @@ class StationController(QObject):
 
     # -- scans -------------------------------------------------------------------------------------------------------
     def start_scan(
-        self, recipe_path: str | Path, output: str | Path, identity: ScanIdentity, *, resume: bool = False
+        self,
+        recipe_path: str | Path,
+        output: str | Path,
+        identity: ScanIdentity,
+        *,
+        resume: bool = False,
+        recipe_source: str | Path | None = None,
     ) -> Future | None:
-        """Run a scan (or resume one) on the worker; progress and the end come as signals."""
+        """Run a scan (or resume one) on the worker; progress and the end come as signals. The scan history records
+        it from the moment its file exists (``recipe_source``: the recipe file to record when ``recipe_path`` is a
+        temporary copy of it with edits)."""
         if self.station is None or self.config is None:
             self.failed.emit("Cannot start the scan", "The station is not connected: connect it first.")
             return None
@@ -268,13 +280,21 @@ class StationController(QObject):
         def on_plan(plan, label: str) -> None:
             self.scan_plan.emit(label, plan.summary())
 
+        recorder = Recorder(True, warn=self._warn_history)
+        recorded: dict[str, Any] = {}
+
         def on_engine(engine: ScanEngine) -> None:
             self.engine = engine
+            # as inspection.api.scan records a scan: from the moment its file exists
+            recorded["handle"] = recorder.begin_scan(output, resume=resume, **recorded["identity"])
             self.scan_started.emit(str(output))
 
         def job() -> None:
             try:
                 assert self.station is not None and self.config is not None
+                recorded["identity"] = _history_identity(
+                    output, identity, recipe_source or recipe_path, resume, self.config.station.name
+                )
                 outcome = run_scan(
                     recipe_path,
                     self.config,
@@ -286,15 +306,27 @@ class StationController(QObject):
                     station=self.station,
                     on_engine=on_engine,
                 )
+                recorder.end_scan(
+                    recorded.get("handle"), outcome.status.value, outcome.message, uuid=_stored(output, "uuid")
+                )
                 self.scan_finished.emit(str(outcome.path), outcome.status.value, outcome.message)
-            except BaseException:
+            except BaseException as error:
+                if recorded.get("handle") is not None:
+                    status = _stored(output, "status")  # what the file says now (stopped mid-line: interrupted)
+                    status = "interrupted" if status in (None, "running") else status
+                    recorder.end_scan(recorded["handle"], status, str(error))
                 self.scan_finished.emit(str(output), "not started", "")
                 raise
             finally:
+                recorder.close()
                 self.scanning = False
                 self.engine = None
 
         return self._submit(job, title="The scan could not run")
+
+    def _warn_history(self, message: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the window is gone
+            self.history_warning.emit(message)
 
     def pause_scan(self) -> None:
         if self.engine is not None:
@@ -307,6 +339,40 @@ class StationController(QObject):
     def abort_scan(self) -> None:
         if self.engine is not None:
             self.engine.abort()
+
+
+def _history_identity(
+    output: Path, identity: ScanIdentity, recipe: str | Path, resume: bool, station: str
+) -> dict[str, Any]:
+    """What the scan history records of a scan started here, as :func:`inspection.api.scan` gives it: a resumed
+    scan is what its file says (found again by its uuid), a new one what the form says."""
+    if resume:
+        try:
+            stored = read_scan_identity(output)
+        except (OSError, ScanFileError):
+            return {"station": station}  # run_scan reports the problem with the file
+        kept = ("lot_id", "wafer_id", "recipe", "operator", "uuid")
+        return {"station": station, **{key: stored[key] for key in kept}}
+    try:
+        name = recipe_name(Path(recipe).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        name = ""  # run_scan reports an unreadable recipe
+    return {
+        "station": station,
+        "lot_id": identity.lot_id,
+        "wafer_id": identity.wafer_id,
+        "operator": identity.operator,
+        "recipe": name,
+        "recipe_path": str(Path(recipe).absolute()),
+    }
+
+
+def _stored(path: Path, key: str) -> Any:
+    """One value of what a scan file says about itself (None if it cannot be read)."""
+    try:
+        return read_scan_identity(path)[key]
+    except (OSError, ScanFileError):
+        return None
 
 
 def progress_text(progress: ScanProgress, chips_per_line: float) -> str:

@@ -1,11 +1,13 @@
 """Screenshots of the main views for docs/gui.md: ``python -m tests.gui.screenshots [OUT_DIR]`` (default
 docs/images), best under Xvfb (``xvfb-run -s "-screen 0 1920x1080x24" ...``). Renders a whole synthetic demo wafer
-with its EL reference (about a minute), runs a demo scan on the virtual station for a few seconds, and saves
-gui-*.png. The station's data directory ($PLMAPPER_HOME: password, audit log) is a temporary folder."""
+with its EL reference (about a minute), exports it, runs a demo scan on the virtual station for a few seconds, and
+saves gui-*.png. The station's data directory ($PLMAPPER_HOME: password, audit log) and the exports are in a
+temporary folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,6 +42,13 @@ def wait(application: QApplication, condition, timeout_s: float = 120.0) -> None
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="plmapper-shots-"))
+    try:
+        shoot(out, work)
+    finally:  # the demo wafer, the demo scan and the exports take several hundred MB
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def shoot(out: Path, work: Path) -> None:
     os.environ["PLMAPPER_HOME"] = str(work / "home")
     set_engineer_password("engineer secret", user="admin", cost=ScryptCost(n_log2=12, r=8, p=1))
     scan_path = make_review_scan(work / "W01-demo.h5", lines=slice(None), spectra=40)
@@ -112,6 +121,24 @@ def main(out: Path) -> None:
     pump(application, 0.3)
     window.review.side_splitter.grab().save(str(out / "gui-review-pareto.png"))
     window.review.side_tabs.setCurrentIndex(0)
+
+    # exporting the open file, and analysing it again with other settings (one field wrong: shown on it)
+    window.export_file()
+    window.export_dialog.folder_edit.setText(str(work / "exports"))
+    pump(application, 0.5)
+    window.export_dialog.grab().save(str(out / "gui-export.png"))
+    window.export_dialog.export_button.click()
+    wait(application, lambda: getattr(window, "export_done_box", None) is not None, 180)
+    window.export_done_box.close()
+    window.reanalyse_file()
+    dialog = window.reanalyse_dialog
+    wait(application, lambda: "looking up" not in dialog.classifier_info.text(), 60)
+    for name, text in (("drift_exponent", "1.4"), ("core_fraction", "1.5")):
+        dialog.fields[name].setText(text)
+        dialog.fields[name].textEdited.emit(text)
+    pump(application, 0.5)
+    dialog.grab().save(str(out / "gui-reanalyse.png"))
+    dialog.reject()
 
     # logging in as engineer: the dialog over the window (the whole screen is grabbed to show both)
     window.tabs.setCurrentWidget(window.scan)

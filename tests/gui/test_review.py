@@ -172,11 +172,17 @@ def test_layout_recent_files_and_recipe_persist(qtbot, window, review_scan: Path
     recipe = COARSE_STATION.parent / "coarse-recipe.toml"
     window.scan.select_recipe(recipe)
     sizes = window.review.splitter.sizes()
+    window.tabs.setCurrentWidget(window.station)
     window.close()
+    settings = QSettings(str(settings_file), QSettings.Format.IniFormat)
+    settings.setValue("window/tab", 2)  # the index an earlier version saved (before the Compare tab): ignored
+    settings.sync()
     again = MainWindow(settings=QSettings(str(settings_file), QSettings.Format.IniFormat), station_file=COARSE_STATION)
     qtbot.addWidget(again)
     again.resize(1600, 960)
     again.show()
+    assert again.tabs.currentWidget() is again.station  # the tab left, by its name
+    again.tabs.setCurrentWidget(again.review)
     assert again.review.splitter.sizes() == sizes
     assert again.scan.recipe_path == recipe
     assert again.recent_menu.actions()[0].text() == str(review_scan)

@@ -8,6 +8,7 @@ import numpy as np
 
 from drivers.interfaces import Axis
 from inspection.access import Role, Session
+from inspection.history import History
 from inspection.scanfile import ScanFile, ScanStatus
 from inspection.wafer import Placement
 from tests.gui.conftest import COARSE_STATION, audit_entries
@@ -21,6 +22,19 @@ def connect(qtbot, window) -> None:
     qtbot.waitUntil(lambda: "µm" in window.station.position.text(), timeout=10_000)
 
 
+def until_state(qtbot, window, action, condition, timeout: int = 10_000):
+    """Do ``action``, then wait until the station's latest readout satisfies ``condition``: a poll queued before the
+    action reports the state from before it (a first signal is not enough)."""
+    states: list = []
+    window.controller.state.connect(states.append)
+    try:
+        action()
+        qtbot.waitUntil(lambda: bool(states) and condition(states[-1]), timeout=timeout)
+    finally:
+        window.controller.state.disconnect(states.append)
+    return states[-1]
+
+
 def test_station_scan_and_live_map(qtbot, window, tmp_path: Path, station_home: Path) -> None:
     connect(qtbot, window)
     station = window.station
@@ -31,16 +45,12 @@ def test_station_scan_and_live_map(qtbot, window, tmp_path: Path, station_home: 
     with qtbot.waitSignal(window.controller.state, timeout=10_000) as before:
         window.controller.poll()
     x0 = before.args[0].x_um
-    with qtbot.waitSignal(window.controller.state, timeout=10_000) as after:
-        station.jog_pad.buttons[(Axis.X, 1.0)].click()
-    assert abs(after.args[0].x_um - x0 - 100.0) < 0.5
+    until_state(qtbot, window, station.jog_pad.buttons[(Axis.X, 1.0)].click, lambda s: abs(s.x_um - x0 - 100.0) < 0.5)
     # laser on shows the emission indicator; off again
-    with qtbot.waitSignal(window.controller.state, timeout=10_000) as on:
-        station.laser_on.click()
-    assert on.args[0].emission and "EMISSION ON" in station.emission.text()
-    with qtbot.waitSignal(window.controller.state, timeout=10_000) as off:
-        station.laser_off.click()
-    assert not off.args[0].emission and "off" in station.emission.text()
+    until_state(qtbot, window, station.laser_on.click, lambda state: state.emission)
+    assert "EMISSION ON" in station.emission.text()
+    until_state(qtbot, window, station.laser_off.click, lambda state: not state.emission)
+    assert "off" in station.emission.text()
     # a move beyond the stage's limits is a message with what to do, not a traceback
     station.step.setCurrentIndex(station.step.findData(10_000.0))
     for _ in range(4):
@@ -82,16 +92,39 @@ def test_station_scan_and_live_map(qtbot, window, tmp_path: Path, station_home: 
     assert (start.details["lot_id"], start.details["wafer_id"]) == ("L7", "W3") and start.role == "operator"
     assert "recipe_changes" not in start.details
     assert stop.details["status"] == "complete"
-    # Station ▸ Go to chip: through the scan's alignment, at the focus height
+    # the scan history has it as `plmapper scan` records a scan: from start to its end and status
+    with History(station_home / "history.sqlite") as history:
+        (record,) = history.scans()
+        operations = history.operations(record.id)
+    assert (record.path, record.kind, record.status, record.lot_id, record.wafer_id) == (
+        path, "scan", "complete", "L7", "W3"
+    )  # fmt: skip
+    assert record.recipe and record.station and record.uuid and record.finished_utc
+    assert [(operation.kind, operation.status) for operation in operations] == [("scan", "complete")]
+    # Station ▸ Go to chip: through the scan's alignment, at the focus height (the state once the move has ended:
+    # a poll queued before the move reports where the stage was)
     document = window.review.document
     alignment = document.alignment
     placement = Placement(alignment["offset_x_um"], alignment["offset_y_um"], alignment["rotation_deg"])
     col, row = document.layout.column_count // 2, document.layout.row_count // 3
-    with qtbot.waitSignal(window.controller.state, timeout=20_000) as moved:
-        assert window.move_stage_to_chip(col, row)
     x_um, y_um = placement.wafer_to_stage(*(float(v) for v in document.layout.chip_center_um(col, row)))
-    assert abs(moved.args[0].x_um - x_um) < 1.0 and abs(moved.args[0].y_um - y_um) < 1.0
-    assert abs(moved.args[0].z_um - document.recipe.focus.focus_z_um) < 1.0
+    focus_z_um = document.recipe.focus.focus_z_um
+    until_state(
+        qtbot,
+        window,
+        lambda: window.move_stage_to_chip(col, row),
+        lambda s: max(abs(s.x_um - x_um), abs(s.y_um - y_um), abs(s.z_um - focus_z_um)) < 1.0,
+        timeout=20_000,
+    )
+    # Analyse now: the analysis is recorded too
+    window.review.banner_button.click()
+    qtbot.waitUntil(lambda: window.review.document is not None and window.review.document.has_results, timeout=60_000)
+    with History(station_home / "history.sqlite") as history:
+        operations = history.operations(record.id)
+    assert [(operation.kind, operation.status) for operation in operations] == [
+        ("scan", "complete"),
+        ("analysis", "ok"),
+    ]
 
 
 def test_recipe_problems_are_shown_on_the_field(qtbot, window) -> None:
@@ -140,3 +173,12 @@ def test_aborted_scan_is_offered_for_resume_and_resumes(qtbot, window, tmp_path:
     with qtbot.waitSignal(window.controller.scan_finished, timeout=60_000) as resumed:
         assert scan.request_start()
     assert resumed.args[1] == ScanStatus.COMPLETE.value, resumed.args
+    # one scan in the history: stopped, then resumed to its end
+    with History(station_home / "history.sqlite") as history:
+        (record,) = history.scans()
+        operations = history.operations(record.id)
+    assert record.status == "complete" and record.path == resumed.args[0]
+    assert [(operation.kind, operation.status) for operation in operations] == [
+        ("scan", "aborted"),
+        ("resume", "complete"),
+    ]
