@@ -10,25 +10,37 @@ both, which define what they compute.
 Why :func:`accumulate_lines` is fast. Sample ``k`` of a line sits at ``col0 + k·dcol`` (and the same for rows),
 so the chip and the zone (street, footprint, core) a sample falls in change only where the line crosses a zone
 edge. For each chip the line crosses, the kernel works out the sample indices of those crossings from a closed
-formula (for 64 chips at a time, side by side: no chip's crossings wait for the chip before), then sums the
-chip's street and footprint samples in loops that do nothing but sum (the core, a run inside the footprint's, is
-an index mask): no floor(), no chip lookup and no position test per sample. A crossing that rounding could put
-on the wrong sample (the formula's value is within a bound on its rounding error of an integer) is settled by
-the exact test on that sample, so every sample is classified exactly as the reference does: the same
+formula (for 64 chips at a time, side by side: no chip's crossings wait for the chip before), then sums each
+chip's runs of samples: no floor(), no chip lookup and no position test per sample. A crossing that rounding
+could put on the wrong sample (the formula's value is within a bound on its rounding error of an integer) is
+settled by the exact test on that sample, so every sample is classified exactly as the reference does: the same
 floating-point operations decide, bit for bit. Lines along chip rows are the fast case; any direction works
-(lines that move more than half a cell per sample, or too little for the formula to decide, go cell by cell
-with exact tests and bisection).
+(lines that move more than half a cell per sample, or too little for the formula to decide, go cell by cell with
+exact tests and bisection).
 
-Threads. The band is cut into blocks of 32 rows × 256 columns of chips, and the blocks into 8 classes (block
+Two ways to sum a chunk of 64 chips. The fast path (C with AVX2, below; taken when the CPU has AVX2, see
+:func:`fast_path`) does whole chunks whose samples are all below the saturation level and whose crossings the
+formula decides, which is nearly all of them: four chips' crossings per instruction, each chip's street,
+footprint (sum, maximum, Σ i·x) and core in four lanes of doubles from float32 loads, with the zones as lane masks,
+and the twelve fields of four chips made and added to ``acc`` together, once per chip and line. The offset sums
+come from the first footprint sample's offset u0 (Σ u = n·u0 + d·n(n-1)/2, Σ u·x = u0·Σ x + d·Σ i·x), with u0
+computed to a few units of roundoff (a compensated sum: the rounding of its position would be counted n times):
+they differ from the reference's only by the reference's own rounding of each sample's position (half an ulp:
+at most 9e-13 pitch below chip column 16,384), inside the sums' stated accuracy. Every other chunk (a saturated or
+non-finite sample, a crossing for the exact test, the last few samples of the caller's array, a CPU without
+AVX2) takes the slow path: one chip at a time, sample by sample, each sample tested for saturation.
+
+Threads. The band is cut into blocks of 32 rows × 512 columns of chips, and the blocks into 8 classes (block
 row + block column, modulo 8); each class is a task, and a task walks every line but sums only the chips of its
 blocks, in line order, straight into the caller's array. A chip is only ever written by one task, always in the
 same order: the result is bit-identical from run to run and for any number of threads, and needs no scratch
-copy of the band and no merge. On a machine shared with other busy processes, run with
+copy of the band and no merge. (The fast and the slow path add in different orders: without AVX2 the counts and
+maxima are the same, the sums equal to rounding.) On a machine shared with other busy processes, run with
 ``OMP_WAIT_POLICY=passive``: by default a thread out of work spins, and takes CPU from the one still working.
 """
 
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, NAN, fabs, floor, isfinite
+from libc.math cimport INFINITY, NAN, fabs, floor, isfinite, nextafterf
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport free, malloc
 
@@ -68,10 +80,10 @@ FIELD_COUNT = _FIELD_COUNT
 # -- geometry along one axis ------------------------------------------------------------------------------------
 
 cdef enum:
-    # blocks of 32 rows × 256 columns of chips: a raster line stays in a block for thousands of samples (the
-    # hardware prefetcher needs long runs of consecutive samples to keep up, and the block's part of acc stays in
-    # cache for the next lines) ...
-    _COL_BLOCK_SHIFT = 8
+    # blocks of 32 rows × 512 columns of chips: a raster line stays in a block for thousands of samples (the
+    # hardware prefetcher needs long runs of consecutive samples to keep up: 512 columns measured 7 % faster than
+    # 256 with the fast path, and the block's part of acc stays in cache for the next lines) ...
+    _COL_BLOCK_SHIFT = 9
     _ROW_BLOCK_SHIFT = 5
     _CLASSES = 8  # ... in 8 classes: more tasks than threads, so a thread slowed by another process is made up for
     _CHUNK_CELLS = 64  # cells whose crossings are worked out together (see _sum_cells)
@@ -394,11 +406,429 @@ cdef inline void _sum_foot_slanted(const float *values, int64_t start, int64_t s
     sums.core_n, sums.core_total, sums.saturated = core_n, core_total, saturated
 
 
+# -- the fast path: whole chunks of cells, in C -----------------------------------------------------------------
+
+cdef extern from *:
+    """
+    /* The fast path of accumulate_lines: whole chunks of cells of a line, AVX2 (compiled for it whatever the build's
+       flags, run only on a CPU that has it: plm_init). Everything the slow path decides sample by sample is decided
+       here for 64 cells at once from the crossing formula, and a chunk it cannot take exactly (a crossing too near a
+       sample for the formula, a saturated sample, the end of the caller's array) is left to the slow path whole. */
+    #include <string.h>
+
+    #define PLM_CHUNK 64 /* cells per chunk at most */
+
+    typedef struct {
+        const float *values; /* the line's samples */
+        long long readable;  /* samples that may be read from values on (to the end of the caller's array) */
+        float below;         /* a sample is plain (not saturated) when below this and above -inf */
+        int level;           /* the outer zone of the run: 0 street, 1 footprint, 2 core */
+        /* the inner axis (see _Axis): position of sample k is p0 + k*d */
+        double p0, d, inv_d, sign, half_k, core_k, cell_k, margin;
+        /* the outer axis: its offset from the outer cell's centre, constant or p0 + k*d - centre */
+        int outer_constant;
+        double outer_p0, outer_d, outer_centre, outer_offset;
+        /* inner cell c's chip is at acc + (c - first)*inner_stride, its fields field_stride apart */
+        double *acc;
+        long long first, inner_stride, field_stride;
+        int inner_sum, inner_moment, outer_sum, outer_moment; /* SUM_U, SUM_UI, SUM_V, SUM_VI in that role */
+    } plm_run;
+
+    enum { PLM_N_FOOT, PLM_SUM_FOOT, PLM_MAX_FOOT, PLM_N_CORE, PLM_SUM_CORE, PLM_SUM_U, PLM_SUM_V, PLM_SUM_UI,
+           PLM_SUM_VI, PLM_N_STREET, PLM_SUM_STREET, PLM_N_SAT };
+
+    static int plm_fast = 0; /* whether accumulate_lines takes the fast path */
+
+    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    #define PLM_AVX2 __attribute__((target("avx2"), always_inline)) static inline
+
+    /* The first sample past each crossing whose real sample index the formula puts at `est`: ceil(est), which is the
+       exact answer when est is further than the margin from an integer (see _past_estimate). *near collects
+       |ceil(est) - est - 1/2|: 1/2 - margin or more when an estimate is too near an integer to decide. */
+    PLM_AVX2 __m256d plm_past(__m256d est, __m256d *near) {
+        __m256d up = _mm256_round_pd(est, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+        __m256d gap = _mm256_sub_pd(_mm256_sub_pd(up, est), _mm256_set1_pd(0.5));
+        *near = _mm256_max_pd(*near, _mm256_andnot_pd(_mm256_set1_pd(-0.0), gap));
+        return up;
+    }
+
+    PLM_AVX2 __m256d plm_clamp(__m256d v, __m256d lo, __m256d hi) {
+        return _mm256_min_pd(_mm256_max_pd(v, lo), hi);
+    }
+
+    /* whether every sample of x[0, count) is plain, eight at a time */
+    PLM_AVX2 int plm_all_plain(const float *x, long long count, float below) {
+        const __m256 limit = _mm256_set1_ps(below), low = _mm256_set1_ps(-__builtin_inff());
+        __m256 good = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        long long j = 0;
+        for (; j + 8 <= count; j += 8) {
+            __m256 value = _mm256_loadu_ps(x + j);
+            good = _mm256_and_ps(good, _mm256_and_ps(_mm256_cmp_ps(value, limit, _CMP_LT_OQ),
+                                                     _mm256_cmp_ps(value, low, _CMP_GT_OQ)));
+        }
+        int all = _mm256_movemask_ps(good) == 0xff;
+        for (; j < count; j++)
+            all &= (x[j] < below) & (x[j] > -__builtin_inff());
+        return all;
+    }
+
+    /* x[0, length) summed in four lanes of doubles (lane l: x[l] + x[l + 4] + ..., in that order), ready for
+       plm_sum4. Reads up to 3 samples past the end (masked out, whatever they hold). */
+    PLM_AVX2 __m256d plm_run_sum(const float *x, double length) {
+        const __m256d end = _mm256_set1_pd(length), four = _mm256_set1_pd(4.0);
+        const __m256d index0 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), index1 = _mm256_set_pd(7.0, 6.0, 5.0, 4.0);
+        const __m256d index2 = _mm256_set_pd(11.0, 10.0, 9.0, 8.0);
+        /* up to 12 samples in straight code (a cell crossed along its street, a street run); the same sums */
+        if (length <= 4.0)
+            return _mm256_and_pd(_mm256_cmp_pd(index0, end, _CMP_LT_OQ), _mm256_cvtps_pd(_mm_loadu_ps(x)));
+        if (length <= 8.0)
+            return _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(x)),
+                                 _mm256_and_pd(_mm256_cmp_pd(index1, end, _CMP_LT_OQ),
+                                               _mm256_cvtps_pd(_mm_loadu_ps(x + 4))));
+        if (length <= 12.0)
+            return _mm256_add_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(x)), _mm256_cvtps_pd(_mm_loadu_ps(x + 4))),
+                                 _mm256_and_pd(_mm256_cmp_pd(index2, end, _CMP_LT_OQ),
+                                               _mm256_cvtps_pd(_mm_loadu_ps(x + 8))));
+        __m256d total = _mm256_setzero_pd(), index = index0;
+        for (long long j = 0; j < (long long)length; j += 4) {
+            __m256d value = _mm256_cvtps_pd(_mm_loadu_ps(x + j));
+            total = _mm256_add_pd(total, _mm256_and_pd(_mm256_cmp_pd(index, end, _CMP_LT_OQ), value));
+            index = _mm256_add_pd(index, four);
+        }
+        return total;
+    }
+
+    /* four cells' lane sums a, b, c, d as one vector: (lane 0 + lane 1) + (lane 2 + lane 3) each */
+    PLM_AVX2 __m256d plm_sum4(__m256d a, __m256d b, __m256d c, __m256d d) {
+        __m256d ab = _mm256_hadd_pd(a, b), cd = _mm256_hadd_pd(c, d); /* a01 b01 a23 b23, c01 d01 c23 d23 */
+        return _mm256_add_pd(_mm256_permute2f128_pd(ab, cd, 0x20), _mm256_permute2f128_pd(ab, cd, 0x31));
+    }
+
+    PLM_AVX2 __m256d plm_max4(__m256d a, __m256d b, __m256d c, __m256d d) {
+        __m256d ab = _mm256_max_pd(_mm256_unpacklo_pd(a, b), _mm256_unpackhi_pd(a, b));
+        __m256d cd = _mm256_max_pd(_mm256_unpacklo_pd(c, d), _mm256_unpackhi_pd(c, d));
+        return _mm256_max_pd(_mm256_permute2f128_pd(ab, cd, 0x20), _mm256_permute2f128_pd(ab, cd, 0x31));
+    }
+
+    PLM_AVX2 __m256d plm_reverse(__m256d v) { return _mm256_permute4x64_pd(v, 0x1b); }
+
+    PLM_AVX2 void plm_add4(double *acc, __m256d v) { _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), v)); }
+
+    /* p0 + k*d - centre for sample indices k < 2^26, to a few units of roundoff of the result: the offset of a sample
+       from its cell's centre, without the rounding of the position (an ulp of p0 + k*d: 1e-12 pitch at 5,000), which
+       the closed-form sums would multiply by the run's length. d = d_hi + d_lo (d_hi 26 bits, so k*d_hi is exact),
+       the sum p0 + k*d_hi with its rounding error (Knuth's two-sum), then - centre, exact so near the centre. */
+    PLM_AVX2 __m256d plm_offset(__m256d p0, __m256d k, __m256d d_hi, __m256d d_lo, __m256d centre) {
+        __m256d high = _mm256_mul_pd(k, d_hi), low = _mm256_mul_pd(k, d_lo);
+        __m256d sum = _mm256_add_pd(p0, high), back = _mm256_sub_pd(sum, p0);
+        __m256d error = _mm256_add_pd(_mm256_sub_pd(p0, _mm256_sub_pd(sum, back)), _mm256_sub_pd(high, back));
+        return _mm256_add_pd(_mm256_sub_pd(sum, centre), _mm256_add_pd(error, low));
+    }
+
+    /* d = hi + lo, hi with 26 significant bits (Veltkamp's split) */
+    static inline void plm_split(double d, double *hi, double *lo) {
+        double scaled = 134217729.0 * d; /* 2^27 + 1 */
+        *hi = scaled - (scaled - d);
+        *lo = d - *hi;
+    }
+
+    /* Sum up to `cells` cells (1 to PLM_CHUNK) of the run from cell `c`, which holds sample `k`, up to sample `stop`,
+       and add them to acc. Returns the number of cells done and sets *next to the sample after them, or returns 0
+       (nothing done) when the fast path cannot take them exactly: the caller then sums them the slow way.
+
+       1. Where the line leaves each cell, then where it enters and leaves its footprint and core, four cells at a
+          time from each cell's own index (no cell waits for the one before), clamped into the cell as the slow path
+          clamps them.
+       2. Each cell's sums in four lanes of doubles: its street runs before and after the footprint, and the
+          footprint from its first sample (sum, Σ i·x with i from that sample, maximum) with the core as a mask.
+       3. Four cells at a time: their lanes added (plm_sum4), the fields made (counts from the crossings, the offset
+          sums from the first footprint sample's offset u0: Σ u = n·u0 + d·n(n-1)/2 and Σ u·x = u0·Σ x + d·Σ i·x),
+          and added to four chips' fields at once.
+       Every chip gets its sums from one chunk per run, each added in a fixed order: the same result every time. */
+    __attribute__((target("avx2"))) static long long plm_sum_chunk(const plm_run *run, long long c, long long k,
+                                                                   long long stop, long long cells, long long *next) {
+        /* cell i: samples [bound[i], bound[i + 1]), footprint [f0[i], f1[i]), core [c0[i], c1[i]) */
+        double bound[PLM_CHUNK + 8] __attribute__((aligned(32)));
+        double f0[PLM_CHUNK + 4] __attribute__((aligned(32))), f1[PLM_CHUNK + 4] __attribute__((aligned(32)));
+        double c0[PLM_CHUNK + 4] __attribute__((aligned(32))), c1[PLM_CHUNK + 4] __attribute__((aligned(32)));
+        /* each cell's sums, still in lanes */
+        __m256d lane_street[PLM_CHUNK + 4], lane_foot[PLM_CHUNK + 4], lane_core[PLM_CHUNK + 4];
+        __m256d lane_moment[PLM_CHUNK + 4], lane_top[PLM_CHUNK + 4];
+        const int level = run->level;
+        const double sign = run->sign;
+        const __m256d p0 = _mm256_set1_pd(run->p0), inv_d = _mm256_set1_pd(run->inv_d);
+        const __m256d vstop = _mm256_set1_pd((double)stop), sure = _mm256_set1_pd(0.5 - run->margin);
+        const __m256d step4 = _mm256_set1_pd(4.0 * sign), zero = _mm256_setzero_pd();
+        const __m256d neg = _mm256_set1_pd(-__builtin_inf()), four = _mm256_set1_pd(4.0);
+        const __m256d lanes = _mm256_set_pd(3.0, 2.0, 1.0, 0.0);
+        const __m256d first_centre = _mm256_add_pd(_mm256_set1_pd((double)c),
+                                                   _mm256_mul_pd(_mm256_set1_pd(sign), lanes));
+        __m256d near = zero, centre = first_centre;
+        long long i, m = cells;
+        /* 1. where the line leaves each cell; the first cell that reaches stop is the last */
+        for (i = 0; i < cells; i += 4) {
+            __m256d at = _mm256_mul_pd(_mm256_sub_pd(centre, p0), inv_d);
+            __m256d leave = plm_past(_mm256_add_pd(at, _mm256_set1_pd(run->cell_k)), &near);
+            _mm256_storeu_pd(bound + 1 + i, _mm256_min_pd(leave, vstop));
+            centre = _mm256_add_pd(centre, step4);
+            int reached = _mm256_movemask_pd(_mm256_cmp_pd(leave, vstop, _CMP_GE_OQ));
+            if (reached) {
+                m = i + __builtin_ctz(reached) + 1;
+                m = m < cells ? m : cells;
+                break;
+            }
+        }
+        bound[0] = (double)k;
+        const long long last = (long long)bound[m];
+        for (i = m + 1; i <= m + 4; i++)
+            bound[i] = bound[m];
+        /* (the straight code of step 2 reads up to 7 samples past the last cell; plm_offset needs k < 2^26) */
+        if (last + 8 > run->readable || last >= (1LL << 26) || !plm_all_plain(run->values + k, last - k, run->below))
+            return 0;
+        const float *values = run->values;
+        const long long fs = run->field_stride, stride = (long long)sign * run->inner_stride;
+        double *const chip0 = run->acc + (c - run->first) * run->inner_stride;
+        const int contiguous = run->inner_stride == 1; /* four cells' fields are four neighbouring doubles */
+        if (level == 0) {
+            /* a line along a street: street sums only */
+            if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)))
+                return 0;
+            for (i = 0; i < m; i++)
+                lane_street[i] = plm_run_sum(values + (long long)bound[i], bound[i + 1] - bound[i]);
+            for (; i % 4; i++)
+                lane_street[i] = zero;
+            double *const n_street = chip0 + PLM_N_STREET * fs, *const sum_street = chip0 + PLM_SUM_STREET * fs;
+            for (i = 0; i < m; i += 4) {
+                __m256d street = plm_sum4(lane_street[i], lane_street[i + 1], lane_street[i + 2], lane_street[i + 3]);
+                __m256d count = _mm256_sub_pd(_mm256_loadu_pd(bound + i + 1), _mm256_load_pd(bound + i));
+                if (contiguous && i + 4 <= m) {
+                    long long at = i;
+                    if (sign < 0) { /* cells i .. i + 3 at chip0 - i .. chip0 - i - 3 */
+                        at = -i - 3;
+                        street = plm_reverse(street), count = plm_reverse(count);
+                    }
+                    plm_add4(n_street + at, count);
+                    plm_add4(sum_street + at, street);
+                    continue;
+                }
+                double out[2][4] __attribute__((aligned(32)));
+                _mm256_store_pd(out[0], count);
+                _mm256_store_pd(out[1], street);
+                for (long long l = 0; l < 4 && i + l < m; l++) {
+                    n_street[(i + l) * stride] += out[0][l];
+                    sum_street[(i + l) * stride] += out[1][l];
+                }
+            }
+            *next = last;
+            return m;
+        }
+        /* 1 (cont.). where it enters and leaves each cell's footprint and core */
+        const __m256d half_k = _mm256_set1_pd(run->half_k), core_k = _mm256_set1_pd(run->core_k);
+        centre = first_centre;
+        for (i = 0; i < m; i += 4) {
+            __m256d at = _mm256_mul_pd(_mm256_sub_pd(centre, p0), inv_d);
+            __m256d s = _mm256_load_pd(bound + i), e = _mm256_loadu_pd(bound + i + 1);
+            __m256d a = plm_clamp(plm_past(_mm256_sub_pd(at, half_k), &near), s, e);
+            __m256d b = plm_clamp(plm_past(_mm256_add_pd(at, half_k), &near), a, e);
+            __m256d ca = b, cb = b;
+            if (level == 2) {
+                ca = plm_clamp(plm_past(_mm256_sub_pd(at, core_k), &near), a, b);
+                cb = plm_clamp(plm_past(_mm256_add_pd(at, core_k), &near), ca, b);
+            }
+            _mm256_store_pd(f0 + i, a);
+            _mm256_store_pd(f1 + i, b);
+            _mm256_store_pd(c0 + i, ca);
+            _mm256_store_pd(c1 + i, cb);
+            centre = _mm256_add_pd(centre, step4);
+        }
+        /* (lanes of cells past the last count too: rarely, a chunk goes the slow way for nothing) */
+        if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)))
+            return 0;
+        /* 2. each cell's sums */
+        for (i = 0; i < m; i++) {
+            const double s = bound[i], e = bound[i + 1], a = f0[i], b = f1[i], n = b - a;
+            const float *x = values + (long long)a;
+            const __m256d count = _mm256_set1_pd(n), core_from = _mm256_set1_pd(c0[i] - a);
+            const __m256d core_to = _mm256_set1_pd(c1[i] - a);
+            __m256d street, foot, core, moment, top;
+            if (a - s <= 4.0 && e - b <= 4.0 && n <= 8.0) {
+                /* the usual cell, in straight code: up to 4 street samples each side, a footprint of up to 8 (the
+                   same sums as the loops below) */
+                const __m256d index0 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), index1 = _mm256_set_pd(7.0, 6.0, 5.0, 4.0);
+                __m256d before = _mm256_cvtps_pd(_mm_loadu_ps(values + (long long)s));
+                __m256d after = _mm256_cvtps_pd(_mm_loadu_ps(values + (long long)b));
+                street = _mm256_add_pd(_mm256_and_pd(_mm256_cmp_pd(index0, _mm256_set1_pd(a - s), _CMP_LT_OQ), before),
+                                       _mm256_and_pd(_mm256_cmp_pd(index0, _mm256_set1_pd(e - b), _CMP_LT_OQ), after));
+                __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(x)), x1 = _mm256_cvtps_pd(_mm_loadu_ps(x + 4));
+                __m256d on0 = _mm256_cmp_pd(index0, count, _CMP_LT_OQ), on1 = _mm256_cmp_pd(index1, count, _CMP_LT_OQ);
+                __m256d in0 = _mm256_and_pd(_mm256_cmp_pd(index0, core_from, _CMP_GE_OQ),
+                                            _mm256_cmp_pd(index0, core_to, _CMP_LT_OQ));
+                __m256d in1 = _mm256_and_pd(_mm256_cmp_pd(index1, core_from, _CMP_GE_OQ),
+                                            _mm256_cmp_pd(index1, core_to, _CMP_LT_OQ));
+                __m256d v0 = _mm256_and_pd(on0, x0), v1 = _mm256_and_pd(on1, x1);
+                foot = _mm256_add_pd(v0, v1);
+                core = _mm256_add_pd(_mm256_and_pd(in0, x0), _mm256_and_pd(in1, x1));
+                moment = _mm256_add_pd(_mm256_mul_pd(v0, index0), _mm256_mul_pd(v1, index1));
+                top = _mm256_max_pd(_mm256_blendv_pd(neg, x1, on1), _mm256_blendv_pd(neg, x0, on0));
+            } else {
+                street = _mm256_add_pd(plm_run_sum(values + (long long)s, a - s),
+                                       plm_run_sum(values + (long long)b, e - b));
+                foot = zero, core = zero, moment = zero, top = neg;
+                __m256d index = _mm256_set_pd(3.0, 2.0, 1.0, 0.0);
+                for (long long j = 0; j < (long long)n; j += 4) {
+                    __m256d value = _mm256_cvtps_pd(_mm_loadu_ps(x + j));
+                    __m256d on = _mm256_cmp_pd(index, count, _CMP_LT_OQ);
+                    __m256d in = _mm256_and_pd(_mm256_cmp_pd(index, core_from, _CMP_GE_OQ),
+                                               _mm256_cmp_pd(index, core_to, _CMP_LT_OQ));
+                    __m256d on_value = _mm256_and_pd(on, value);
+                    foot = _mm256_add_pd(foot, on_value);
+                    core = _mm256_add_pd(core, _mm256_and_pd(in, value));
+                    moment = _mm256_add_pd(moment, _mm256_mul_pd(on_value, index));
+                    top = _mm256_max_pd(_mm256_blendv_pd(neg, value, on), top);
+                    index = _mm256_add_pd(index, four);
+                }
+            }
+            lane_street[i] = street, lane_foot[i] = foot, lane_core[i] = core, lane_moment[i] = moment;
+            lane_top[i] = top;
+        }
+        for (; i % 4; i++) { /* empty cells to fill the last four */
+            lane_street[i] = lane_foot[i] = lane_core[i] = lane_moment[i] = zero;
+            lane_top[i] = neg;
+            f0[i] = f1[i] = c0[i] = c1[i] = bound[i];
+        }
+        /* 3. four cells at a time: their fields, added to acc */
+        const __m256d d = _mm256_set1_pd(run->d), outer_d = _mm256_set1_pd(run->outer_d);
+        const __m256d half = _mm256_set1_pd(0.5), one = _mm256_set1_pd(1.0), outer_p0 = _mm256_set1_pd(run->outer_p0);
+        double split[4];
+        plm_split(run->d, &split[0], &split[1]);
+        plm_split(run->outer_d, &split[2], &split[3]);
+        const __m256d d_hi = _mm256_set1_pd(split[0]), d_lo = _mm256_set1_pd(split[1]);
+        const __m256d outer_d_hi = _mm256_set1_pd(split[2]), outer_d_lo = _mm256_set1_pd(split[3]);
+        const __m256d outer_centre = _mm256_set1_pd(run->outer_centre);
+        const __m256d outer_offset = _mm256_set1_pd(run->outer_offset);
+        double *const n_foot = chip0 + PLM_N_FOOT * fs, *const sum_foot = chip0 + PLM_SUM_FOOT * fs;
+        double *const max_foot = chip0 + PLM_MAX_FOOT * fs, *const n_core = chip0 + PLM_N_CORE * fs;
+        double *const sum_core = chip0 + PLM_SUM_CORE * fs, *const n_street = chip0 + PLM_N_STREET * fs;
+        double *const sum_street = chip0 + PLM_SUM_STREET * fs;
+        double *const inner_sum = chip0 + run->inner_sum * fs, *const inner_moment = chip0 + run->inner_moment * fs;
+        double *const outer_sum = chip0 + run->outer_sum * fs, *const outer_moment = chip0 + run->outer_moment * fs;
+        centre = first_centre;
+        for (i = 0; i < m; i += 4) {
+            __m256d street = plm_sum4(lane_street[i], lane_street[i + 1], lane_street[i + 2], lane_street[i + 3]);
+            __m256d foot = plm_sum4(lane_foot[i], lane_foot[i + 1], lane_foot[i + 2], lane_foot[i + 3]);
+            __m256d core = plm_sum4(lane_core[i], lane_core[i + 1], lane_core[i + 2], lane_core[i + 3]);
+            __m256d moment = plm_sum4(lane_moment[i], lane_moment[i + 1], lane_moment[i + 2], lane_moment[i + 3]);
+            __m256d top = plm_max4(lane_top[i], lane_top[i + 1], lane_top[i + 2], lane_top[i + 3]);
+            __m256d s = _mm256_load_pd(bound + i), e = _mm256_loadu_pd(bound + i + 1);
+            __m256d a = _mm256_load_pd(f0 + i), n = _mm256_sub_pd(_mm256_load_pd(f1 + i), a);
+            __m256d triangle = _mm256_mul_pd(_mm256_mul_pd(half, n), _mm256_sub_pd(n, one)); /* n(n-1)/2 */
+            /* the first footprint sample's offset from the centre */
+            __m256d u0 = plm_offset(p0, a, d_hi, d_lo, centre);
+            __m256d cores = _mm256_sub_pd(_mm256_load_pd(c1 + i), _mm256_load_pd(c0 + i));
+            __m256d streets = _mm256_sub_pd(_mm256_sub_pd(e, s), n);
+            __m256d isum = _mm256_add_pd(_mm256_mul_pd(n, u0), _mm256_mul_pd(d, triangle));
+            __m256d imoment = _mm256_add_pd(_mm256_mul_pd(u0, foot), _mm256_mul_pd(d, moment));
+            __m256d osum, omoment;
+            if (run->outer_constant) {
+                osum = _mm256_mul_pd(outer_offset, n);
+                omoment = _mm256_mul_pd(outer_offset, foot);
+            } else {
+                __m256d v0 = plm_offset(outer_p0, a, outer_d_hi, outer_d_lo, outer_centre);
+                osum = _mm256_add_pd(_mm256_mul_pd(n, v0), _mm256_mul_pd(outer_d, triangle));
+                omoment = _mm256_add_pd(_mm256_mul_pd(v0, foot), _mm256_mul_pd(outer_d, moment));
+            }
+            centre = _mm256_add_pd(centre, step4);
+            if (contiguous && i + 4 <= m) {
+                long long at = i;
+                if (sign < 0) { /* cells i .. i + 3 at chip0 - i .. chip0 - i - 3 */
+                    at = -i - 3;
+                    n = plm_reverse(n), foot = plm_reverse(foot), top = plm_reverse(top);
+                    cores = plm_reverse(cores), core = plm_reverse(core), streets = plm_reverse(streets);
+                    street = plm_reverse(street), isum = plm_reverse(isum), imoment = plm_reverse(imoment);
+                    osum = plm_reverse(osum), omoment = plm_reverse(omoment);
+                }
+                plm_add4(n_foot + at, n);
+                plm_add4(sum_foot + at, foot);
+                _mm256_storeu_pd(max_foot + at, _mm256_max_pd(top, _mm256_loadu_pd(max_foot + at)));
+                plm_add4(n_core + at, cores);
+                plm_add4(sum_core + at, core);
+                plm_add4(n_street + at, streets);
+                plm_add4(sum_street + at, street);
+                plm_add4(inner_sum + at, isum);
+                plm_add4(inner_moment + at, imoment);
+                plm_add4(outer_sum + at, osum);
+                plm_add4(outer_moment + at, omoment);
+                continue;
+            }
+            double out[11][4] __attribute__((aligned(32)));
+            _mm256_store_pd(out[0], n);
+            _mm256_store_pd(out[1], foot);
+            _mm256_store_pd(out[2], top);
+            _mm256_store_pd(out[3], cores);
+            _mm256_store_pd(out[4], core);
+            _mm256_store_pd(out[5], streets);
+            _mm256_store_pd(out[6], street);
+            _mm256_store_pd(out[7], isum);
+            _mm256_store_pd(out[8], imoment);
+            _mm256_store_pd(out[9], osum);
+            _mm256_store_pd(out[10], omoment);
+            for (long long l = 0; l < 4 && i + l < m; l++) {
+                long long at = (i + l) * stride;
+                n_foot[at] += out[0][l];
+                sum_foot[at] += out[1][l];
+                max_foot[at] = out[2][l] > max_foot[at] ? out[2][l] : max_foot[at];
+                n_core[at] += out[3][l];
+                sum_core[at] += out[4][l];
+                n_street[at] += out[5][l];
+                sum_street[at] += out[6][l];
+                inner_sum[at] += out[7][l];
+                inner_moment[at] += out[8][l];
+                outer_sum[at] += out[9][l];
+                outer_moment[at] += out[10][l];
+            }
+        }
+        *next = last;
+        return m;
+    }
+
+    /* whether this CPU can take the fast path */
+    static int plm_can_be_fast(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    }
+    #else
+    static long long plm_sum_chunk(const plm_run *run, long long c, long long k, long long stop, long long cells,
+                                   long long *next) {
+        (void)run, (void)c, (void)k, (void)stop, (void)cells, (void)next;
+        return 0;
+    }
+    static int plm_can_be_fast(void) { return 0; }
+    #endif
+    """
+    ctypedef struct plm_run:
+        const float *values
+        long long readable
+        float below
+        int level
+        double p0, d, inv_d, sign, half_k, core_k, cell_k, margin
+        int outer_constant
+        double outer_p0, outer_d, outer_centre, outer_offset
+        double *acc
+        long long first, inner_stride, field_stride
+        int inner_sum, inner_moment, outer_sum, outer_moment
+    int plm_fast
+    long long plm_sum_chunk(const plm_run *run, long long c, long long k, long long stop, long long cells,
+                            long long *next) noexcept nogil
+    bint plm_can_be_fast() noexcept nogil
+
+
 # -- the line walker --------------------------------------------------------------------------------------------
 
 ctypedef struct _Job:
     # the arguments of accumulate_lines, as the tasks read them
     const float *samples
+    int64_t samples_total  # samples in the caller's array
     const int64_t *line_offset
     const int64_t *line_count
     const double *col0
@@ -412,6 +842,8 @@ ctypedef struct _Job:
     double core_half_width
     double core_half_height
     double saturation
+    bint fast  # the fast path may run: the CPU has it and the saturation level is not NaN
+    float below  # x < saturation is x < below for every float x (below: the smallest float >= saturation)
     int64_t first_col
     int64_t first_row
     int64_t band_rows
@@ -419,6 +851,7 @@ ctypedef struct _Job:
     double *acc
     int64_t field_stride  # elements between fields, rows and columns of acc
     int64_t row_stride
+    int64_t *fast_chunks  # per task: chunks summed by the fast path
 
 
 ctypedef struct _Line:
@@ -428,6 +861,8 @@ ctypedef struct _Line:
     _Axis outer
     bint inner_is_col
     const float *values  # the line's samples
+    int64_t readable  # samples that may be read from values on (to the end of the caller's array)
+    int64_t *fast_chunks  # the task's count of chunks summed by the fast path
 
 
 cdef inline void _axes(const _Job *job, int64_t j, _Line *line) noexcept nogil:
@@ -444,6 +879,7 @@ cdef inline void _axes(const _Job *job, int64_t j, _Line *line) noexcept nogil:
         _axis_from(&line.outer, job.col0[j], job.dcol[j], count, job.half_width, job.core_half_width,
                    job.first_col, _COL_BLOCK_SHIFT)
     line.values = job.samples + job.line_offset[j]
+    line.readable = job.samples_total - job.line_offset[j]
 
 
 cdef void _find_band(const _Job *job, int64_t j, int64_t *in_band) noexcept nogil:
@@ -523,6 +959,31 @@ cdef inline int64_t _clamp(int64_t value, int64_t low, int64_t high) noexcept no
     return low if value < low else (high if value > high else value)
 
 
+cdef void _run_from(const _Job *job, const _Line *line, int64_t outer_cell, int level, double outer_offset,
+                    plm_run *run) noexcept nogil:
+    """What the fast path needs of a run of samples in one outer cell and zone."""
+    cdef const _Axis *inner = &line.inner
+    run.values = line.values
+    run.readable = line.readable
+    run.below = job.below
+    run.level = level
+    run.p0, run.d, run.inv_d, run.sign = inner.p0, inner.d, inner.inv_d, inner.sign
+    run.half_k, run.core_k, run.cell_k, run.margin = inner.half_k, inner.core_k, inner.cell_k, inner.margin
+    run.outer_constant = line.outer.constant
+    run.outer_p0, run.outer_d = line.outer.p0, line.outer.d
+    run.outer_centre, run.outer_offset = <double>outer_cell, outer_offset
+    run.field_stride = job.field_stride
+    run.first = inner.first
+    if line.inner_is_col:
+        run.acc = job.acc + (outer_cell - job.first_row) * job.row_stride
+        run.inner_stride = 1
+        run.inner_sum, run.inner_moment, run.outer_sum, run.outer_moment = _SUM_U, _SUM_UI, _SUM_V, _SUM_VI
+    else:
+        run.acc = job.acc + (outer_cell - job.first_col)
+        run.inner_stride = job.row_stride
+        run.inner_sum, run.inner_moment, run.outer_sum, run.outer_moment = _SUM_V, _SUM_VI, _SUM_U, _SUM_UI
+
+
 cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int level, int64_t start,
                      int64_t stop) noexcept nogil:
     """Sum samples [start, stop), all in one outer cell and outer zone (``level``: 0 street, 1 footprint but not
@@ -535,12 +996,17 @@ cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int
     cdef int64_t reach_core[_CHUNK_CELLS]
     cdef int64_t pass_core[_CHUNK_CELLS]
     cdef int64_t k = start, c = _cell_at(inner, start), i, cells
+    cdef long long done, after
+    cdef plm_run run
     cdef int64_t step = -1 if inner.d < 0.0 else 1
     cdef double centre, at_centre
     # along a chip row every sample has the same offset across the line
     cdef double outer_offset = _position(&line.outer, start) - <double>outer_cell
     # a line that moves at most half a cell per sample goes from each cell to the next one
     cdef bint chunked = not inner.constant and not inner.bisect and fabs(inner.d) <= 0.5
+    cdef bint fast = chunked and job.fast
+    if fast:
+        _run_from(job, line, outer_cell, level, outer_offset, &run)
     while k < stop:
         if not chunked:
             _cell_crossings(inner, c, k, stop, level, crossing)
@@ -549,10 +1015,17 @@ cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int
             if k < stop:
                 c = _cell_at(inner, k)
             continue
-        # the crossings of the next cells first, each from its own cell index: computed side by side, where one
-        # cell at a time each would wait for the cell before it (their loops' ends depend on them)
         cells = <int64_t>(<double>(stop - k) * fabs(inner.d)) + 2
         cells = cells if cells < _CHUNK_CELLS else _CHUNK_CELLS
+        if fast:
+            done = plm_sum_chunk(&run, c, k, stop, cells, &after)
+            if done:
+                line.fast_chunks[0] += 1
+                k = after
+                c += step * done
+                continue
+        # the slow way: the crossings of the next cells first, each from its own cell index (computed side by
+        # side, where one cell at a time each would wait for the cell before it), then each cell sample by sample
         centre = <double>c
         for i in range(cells):
             at_centre = (centre - inner.p0) * inner.inv_d
@@ -620,6 +1093,7 @@ cdef void _walk(const _Job *job, int64_t task) noexcept nogil:
     level[0] = level[4] = 0
     level[1] = level[3] = 1
     level[2] = 2
+    line.fast_chunks = &job.fast_chunks[task]
     for j in range(job.lines):
         k = job.in_band[2 * j]
         stop = job.in_band[2 * j + 1]
@@ -690,6 +1164,7 @@ def accumulate_lines(
         ``acc[MAX_FOOT]`` is a running maximum: start it at -inf.
     """
     cdef int64_t lines = line_offset.shape[0], j, total = samples_v.shape[0], task
+    cdef float below
     if not (line_count.shape[0] == col0.shape[0] == row0.shape[0] == dcol.shape[0] == drow.shape[0] == lines):
         raise ValueError("line_offset, line_count, col0, row0, dcol and drow must have one element per line")
     if acc.shape[0] != _FIELD_COUNT:
@@ -715,6 +1190,7 @@ def accumulate_lines(
     cdef const double[::1] drow_c = np.ascontiguousarray(drow)
     cdef _Job job
     job.samples = &values[0]
+    job.samples_total = values.shape[0]
     job.line_offset = &offset_c[0]
     job.line_count = &count_c[0]
     job.col0, job.row0, job.dcol, job.drow = &col0_c[0], &row0_c[0], &dcol_c[0], &drow_c[0]
@@ -722,6 +1198,11 @@ def accumulate_lines(
     job.half_width, job.half_height = half_width, half_height
     job.core_half_width, job.core_half_height = core_half_width, core_half_height
     job.saturation = saturation_v
+    below = <float>saturation_v
+    if <double>below < saturation_v:
+        below = nextafterf(below, INFINITY)
+    job.below = below
+    job.fast = plm_fast and below == below
     job.first_col, job.first_row = first_col, first_row
     job.band_rows, job.band_cols = acc.shape[1], acc.shape[2]
     job.acc = &acc[0, 0, 0]
@@ -731,6 +1212,10 @@ def accumulate_lines(
     if in_band == NULL:
         raise MemoryError()
     job.in_band = in_band
+    cdef int64_t fast_chunks[_CLASSES]
+    for task in range(_CLASSES):
+        fast_chunks[task] = 0
+    job.fast_chunks = fast_chunks
     try:
         with nogil:
             for j in prange(lines, schedule="static", num_threads=2):
@@ -739,6 +1224,35 @@ def accumulate_lines(
                 _walk(&job, task)
     finally:
         free(in_band)
+    global _last_fast_chunks
+    _last_fast_chunks = 0
+    for task in range(_CLASSES):
+        _last_fast_chunks += fast_chunks[task]
+
+
+plm_fast = plm_can_be_fast()
+
+
+_last_fast_chunks = 0
+
+
+def _fast_chunks() -> int:
+    """How many chunks of cells the last call of :func:`accumulate_lines` summed by its fast path (for tests)."""
+    return _last_fast_chunks
+
+
+def fast_path() -> bool:
+    """Whether :func:`accumulate_lines` takes its fast path (AVX2, on a CPU that has it) where it can."""
+    return bool(plm_fast)
+
+
+def _set_fast_path(bint enabled) -> bool:
+    """Let :func:`accumulate_lines` take its fast path (if the CPU has it) or not; returns whether it did. For tests
+    and benchmarks: the slow path alone must give the same results."""
+    global plm_fast
+    previous = bool(plm_fast)
+    plm_fast = enabled and plm_can_be_fast()
+    return previous
 
 
 # -- neighbour median -------------------------------------------------------------------------------------------

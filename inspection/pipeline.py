@@ -599,12 +599,8 @@ class _Analysis:
         self.sample_budget = int(settings.memory_mb * 2**20 * 0.4 // 4)
 
     # -- passes ------------------------------------------------------------------------------------------------------
-    def passes(self) -> list[int]:
-        """The passes with complete lines (the ones analysed)."""
-        return [index for index in range(self.scan.pass_count) if self.scan.lines_complete(index) > 0]
-
     def run(self) -> list[PassSummary]:
-        passes = self.passes()
+        passes = [index for index in range(self.scan.pass_count) if self.scan.lines_complete(index) > 0]
         if not passes:
             raise ValueError(f"{self.scan.path}: no complete line to analyse")
         if self.group is None:

@@ -1,6 +1,9 @@
 """The per-chip kernels (cext/chip_kernels.pyx) equal their NumPy references (tests/chip_reference.py).
 
 Which samples go where (counts, maxima) must agree exactly; sums to rounding, as the kernel adds in another order.
+:func:`check` runs ``accumulate_lines`` both ways, with its fast path (whole chunks of cells, AVX2) where the CPU
+has it and with the sample-by-sample slow path alone: the test data mixes lines the fast path takes whole, lines it
+never takes (saturated and non-finite samples everywhere) and lines it takes in part.
 """
 
 from __future__ import annotations
@@ -38,21 +41,32 @@ def rng() -> np.random.Generator:
 
 
 def make_lines(rng: np.random.Generator, counts, col0, row0, dcol, drow, *, special: float = 0.02):  # noqa: PLR0917
-    """Arguments of accumulate_lines for the given lines, with random samples in [0, 2) (some >= SATURATION)
-    and a fraction ``special`` of NaN, ±inf and large negative samples."""
+    """Arguments of accumulate_lines for the given lines, with random samples in [0, SATURATION) and, in lines 1,
+    4, 7 ..., a fraction ``special`` of NaN, ±inf, negative and saturated samples (>= SATURATION), in lines 2, 5, 8
+    ... a fraction ``special`` / 50. Lines 0, 3, 6 ... are plain (below SATURATION): the kernel's fast path
+    takes them whole, the others in part or not at all. Every sample that is summed is within ±2, the bound
+    :func:`assert_matches` takes for a term (the negative ones were -5 before the fast path: the slow path gives
+    the reference's terms exactly, so a sample beyond the bound went unnoticed; the fast path's offsets are
+    exact, and differ from the reference's by its rounding of each position times the sample)."""
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.cumsum(counts) - counts
-    samples = (2 * rng.random(int(counts.sum()))).astype(np.float32)
-    odd = rng.random(samples.size) < special
-    samples[odd] = rng.choice(np.array([np.nan, np.inf, -np.inf, -5.0, 1e30], dtype=np.float32), odd.sum())
+    samples = (SATURATION * rng.random(int(counts.sum()))).astype(np.float32)
+    fraction = np.repeat(np.array([0.0, special, special / 50])[np.arange(counts.size) % 3], counts)
+    odd = rng.random(samples.size) < fraction
+    samples[odd] = rng.choice(np.array([np.nan, np.inf, -np.inf, -1.5, 1e30, 1.95], dtype=np.float32), odd.sum())
     return [samples, offsets, counts] + [np.asarray(a, dtype=np.float64) for a in (col0, row0, dcol, drow)]
 
 
 def run_kernel(lines, band_shape, first_col=0, first_row=0, *, geometry=(HALF_W, HALF_H, CORE_W, CORE_H),
-               saturation=SATURATION) -> np.ndarray:  # fmt: skip
+               saturation=SATURATION, fast: bool = True) -> np.ndarray:  # fmt: skip
+    """accumulate_lines on zeros (MAX_FOOT at -inf), with its fast path where the CPU has it or without."""
     acc = np.zeros((kernels.FIELD_COUNT, *band_shape))
     acc[kernels.MAX_FOOT] = -np.inf
-    kernels.accumulate_lines(*lines, *geometry, saturation, first_col, first_row, acc)
+    previous = kernels._set_fast_path(fast)
+    try:
+        kernels.accumulate_lines(*lines, *geometry, saturation, first_col, first_row, acc)
+    finally:
+        kernels._set_fast_path(previous)
     return acc
 
 
@@ -75,10 +89,11 @@ def assert_matches(fast: np.ndarray, slow: np.ndarray, max_value: float = 2.0) -
 
 
 def check(lines, band_shape, first_col=0, first_row=0, **kwargs) -> np.ndarray:
-    fast = run_kernel(lines, band_shape, first_col, first_row, **kwargs)
-    slow = run_reference(lines, band_shape, first_col, first_row, **kwargs)
-    assert_matches(fast, slow)
-    return slow
+    """The kernel, with its fast path and without, against the reference; returns the reference's sums."""
+    reference = run_reference(lines, band_shape, first_col, first_row, **kwargs)
+    for fast in (True, False):
+        assert_matches(run_kernel(lines, band_shape, first_col, first_row, fast=fast, **kwargs), reference)
+    return reference
 
 
 def random_lines(rng: np.random.Generator, count: int, band_shape, angles_deg, *, steps=(0.03, 0.2),
@@ -247,6 +262,39 @@ def test_huge_positions_and_steps(rng: np.random.Generator) -> None:
     check(lines, (4, 8))
 
 
+def test_fast_path_takes_plain_lines(rng: np.random.Generator) -> None:
+    # plain samples: the fast path takes (nearly) every chunk; a NaN saturation level or the switch turn it off
+    if not kernels.fast_path():
+        pytest.skip("no fast path on this CPU")
+    count = 9
+    forward = np.arange(count) % 2 == 0
+    lines = make_lines(
+        rng, np.full(count, 5000), np.where(forward, rng.uniform(-3, 1, count), rng.uniform(499, 503, count)),
+        rng.uniform(0, 12, count), np.where(forward, 0.1, -0.1), np.zeros(count), special=0.0,
+    )  # fmt: skip
+    fast = run_kernel(lines, (12, 520))
+    assert kernels._fast_chunks() >= count * 500 / 64
+    assert_matches(fast, run_reference(lines, (12, 520)))
+    run_kernel(lines, (12, 520), fast=False)
+    assert kernels._fast_chunks() == 0
+    run_kernel(lines, (12, 520), saturation=math.nan)
+    assert kernels._fast_chunks() == 0
+    assert kernels.fast_path()  # run_kernel puts the switch back
+
+
+def test_lines_to_the_end_of_the_samples(rng: np.random.Generator) -> None:
+    # the fast path reads a few samples past a cell; at the end of the caller's array the slow path sums instead
+    for count in (1, 7, 500):
+        for step in (0.1, -0.1, 0.37, 0.05):
+            samples = (SATURATION * rng.random(count)).astype(np.float32)
+            lines = [samples, np.array([0]), np.array([count]), np.array([0.3 if step > 0 else count * -step]),
+                     np.array([0.1]), np.array([step]), np.array([0.0])]  # fmt: skip
+            check(lines, (2, int(count * abs(step)) + 3))
+            # and a line in the middle of a bigger array: its last cells can be read past
+            bigger = np.concatenate([samples, np.ones(16, np.float32)])
+            check([bigger, *lines[1:]], (2, int(count * abs(step)) + 3))
+
+
 # -- accumulate_lines: saturation, merging, determinism ---------------------------------------------------------
 
 
@@ -274,7 +322,7 @@ def test_many_lines_on_the_same_chips(rng: np.random.Generator) -> None:
 
 
 def test_blocks_of_the_tasks_cover_the_band(rng: np.random.Generator) -> None:
-    # a band wider and taller than several blocks (256 columns × 32 rows), lines in all directions across it
+    # a band wider and taller than several blocks (512 columns × 32 rows), lines in all directions across it
     lines = random_lines(rng, 40, (100, 1100), rng.uniform(0, 360, 100), steps=(0.3, 0.5), max_samples=4000)
     check(lines, (100, 1100), first_col=-5, first_row=-3)
 

@@ -70,7 +70,12 @@ def test_two_measurements_side_by_side_and_as_a_difference(qtbot, window, review
     window.tabs.setCurrentWidget(compare)
     compare.layer_a.setCurrentIndex(compare.layer_a.findData("pass1:intensity_v"))
     compare.layer_b.setCurrentIndex(compare.layer_b.findData("pass0:intensity_v"))
-    qtbot.waitUntil(lambda: compare.pane_b.image is not None and compare.pane_a.image is not None, timeout=20_000)
+
+    # the layers load in the background: wait for both measurement images, not the bin maps shown before them
+    def measurements_shown() -> bool:
+        return all(pane.image is not None and pane.image.dtype.kind == "f" for pane in (compare.pane_a, compare.pane_b))
+
+    qtbot.waitUntil(measurements_shown, timeout=20_000)
     assert compare.box_b.isVisible()
     high = stored(review_scan, "results/pass_001/chips")["intensity_v"]
     low = stored(review_scan, "results/pass_000/chips")["intensity_v"]

@@ -105,7 +105,9 @@ def test_export_cancel_keeps_the_files_already_complete(qtbot, window, review_sc
     assert window.last_error is None, window.last_error
     assert "cancelled" in window.statusBar().currentMessage()
     names = sorted(path.name for path in folder.iterdir())
-    assert "review.klarf" in names and "review.chips.csv" not in names and no_partial_files(folder)
+    # how many formats the child finished before the cancel reached it depends on the machine's speed; what must
+    # hold is that the first one is complete and nothing half-written is left
+    assert "review.klarf" in names and no_partial_files(folder)
     _, operations = history_of(station_home, review_scan)
     (operation,) = operations
     assert (operation.kind, operation.status, operation.message) == ("export", "stopped", "cancelled in the window")
