@@ -240,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("files", type=Path, nargs="+", help="scan files (HDF5)")
     analyze.add_argument("--memory-mb", type=float, default=512.0, help="working memory bound (default: %(default)s)")
     analyze.add_argument("--no-classify", action="store_true", help="per-chip measurements only, no defect classes")
+    spread = analyze.add_mutually_exclusive_group()
+    spread.add_argument("--workers", type=int, help="analyse on a local Dask cluster of N worker processes")
+    spread.add_argument("--dask", metavar="ADDRESS", help="analyse on an existing Dask cluster (tcp://host:8786)")
     _classifier_arguments(analyze)
     _json_argument(analyze)
     analyze.set_defaults(run=_analyze)
@@ -879,6 +882,8 @@ def _analyze(args: argparse.Namespace) -> int:
     quiet = args.json
     if options is not None and not quiet:
         print(f"classifier: {_describe_classifier(options)}")
+    if args.workers is not None or args.dask is not None:
+        return _analyze_on_dask(args, settings, options)
     recorder = _recorder()
     failed, unusable = 0, 0
     report: list[dict[str, Any]] = []
@@ -929,6 +934,45 @@ def _analyze(args: argparse.Namespace) -> int:
     if quiet:
         _print_json({"classifier": None if options is None else _describe_classifier(options), "files": report})
     return EXIT_BAD_INPUT if unusable else EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def _analyze_on_dask(args: argparse.Namespace, settings: Any, options: Any) -> int:
+    """``analyze --workers N`` / ``--dask ADDRESS``: every wafer on a Dask cluster (docs/scale-out.md); the results
+    are bit-identical to the in-process loop's. The scan history is not written from this path yet."""
+    from inspection.distributed import FailureKind, WaferProgress, analyze_many
+
+    if args.workers is not None and args.workers < 1:
+        print("plmapper: --workers must be at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    def show(progress: WaferProgress) -> None:
+        if progress.outcome is not None and not args.json:
+            outcome = progress.outcome
+            state = "ok" if outcome.ok else f"{outcome.failure.value}: {outcome.error}"
+            print(f"{outcome.path}: {state} ({outcome.seconds:.1f} s on {outcome.worker or 'a worker'})", flush=True)
+
+    outcomes = analyze_many(
+        args.files,
+        scheduler=args.dask,
+        workers=args.workers,
+        classify=options is not None,
+        settings=settings,
+        classify_options=options,
+        progress=show,
+    )
+    if args.json:
+        _print_json(
+            {
+                "files": [
+                    {"path": str(o.path), "status": "ok" if o.ok else "failed", "error": o.error or None}
+                    for o in outcomes
+                ]
+            }
+        )
+    kinds = {outcome.failure for outcome in outcomes if not outcome.ok}
+    if FailureKind.INPUT in kinds:
+        return EXIT_BAD_INPUT
+    return EXIT_CHECK_FAILED if kinds else EXIT_OK
 
 
 def _classify_options(args: argparse.Namespace):

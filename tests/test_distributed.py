@@ -6,6 +6,7 @@ SWMR marks cleared; a stopped pool leaves its files as they were; a cluster with
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from distributed import LocalCluster
 
+from app.cli import main
 from drivers.virtual.profile import load_profile
 from drivers.virtual.synthetic import write_synthetic_scan
 from drivers.virtual.world import WaferWorld
@@ -242,3 +244,14 @@ def test_bad_arguments_are_clear_errors() -> None:
         analyze_many([], scheduler="tcp://127.0.0.1:1", workers=2)
     with pytest.raises(ValueError, match="tile_rows"):
         analyze_many([], workers=1, tile_rows=0)
+
+
+def test_the_analyze_command_on_a_local_cluster(scans, tmp_path: Path, capsys) -> None:
+    good = copies(scans["good"][:2], tmp_path)
+    (corrupt,) = copies([scans["corrupt"]], tmp_path)
+    code = main(["analyze", *map(str, good), str(corrupt), "--workers", "2", "--rules", "--json"])
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert code == 2  # one file was not a usable scan; the others are done
+    assert [entry["status"] for entry in files] == ["ok", "ok", "failed"]
+    for path in good:
+        assert_bit_identical(path, scans["reference"][path.name])
