@@ -103,15 +103,20 @@ def test_export_cancel_keeps_the_files_already_complete(qtbot, window, review_sc
     window.runner.cancel_visible()
     qtbot.waitUntil(lambda: not window.runner.running("Exporting"), timeout=60_000)
     assert window.last_error is None, window.last_error
-    assert "cancelled" in window.statusBar().currentMessage()
     names = sorted(path.name for path in folder.iterdir())
-    # how many formats the child finished before the cancel reached it depends on the machine's speed; what must
-    # hold is that the first one is complete and nothing half-written is left
+    # how many formats the child finished before the cancel reached it depends on the machine's speed (on a fast
+    # one, all of them); what must hold: the first is complete, nothing half-written is left, and the history
+    # lists exactly the files that are there, as stopped (or as done, when the cancel came after the last file)
     assert "review.klarf" in names and no_partial_files(folder)
     _, operations = history_of(station_home, review_scan)
     (operation,) = operations
-    assert (operation.kind, operation.status, operation.message) == ("export", "stopped", "cancelled in the window")
+    assert operation.kind == "export"
     assert sorted(Path(item).name for item in operation.details["files"]) == names
+    if operation.status == "stopped":
+        assert operation.message == "cancelled in the window"
+        assert "cancelled" in window.statusBar().currentMessage()
+    else:
+        assert operation.status == "ok" and "review.chips.csv" in names
 
 
 def test_a_file_that_cannot_be_exported_is_a_message(qtbot, window, review_scan, tmp_path, station_home) -> None:
