@@ -65,6 +65,7 @@ import os
 import struct
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -87,7 +88,7 @@ from inspection.pipeline import (
     chip_records,
     line_geometry,
     results_attributes,
-    write_chip_band,
+    write_pass_bands,
 )
 from inspection.plan import LINE_DTYPE
 from inspection.recipe import (
@@ -967,39 +968,28 @@ class _Importer:
         )
         dataset.attrs["power_w"] = item.entry.power_w
         low_pass = self.group["pass_000/chips"] if self.ratio is not None else None
-        measured = 0
-        # one band is held back until the next is done: its neighbour medians need the next band's first row
-        held: tuple[int, np.ndarray] | None = None
-        row_above: np.ndarray | None = None
+        return write_pass_bands(dataset, self._bands(index, item), ratio=self.ratio, low_pass=low_pass)
+
+    def _bands(self, index: int, item: _Pass) -> Iterator[tuple[int, np.ndarray]]:
+        """The pass's chip records, band by band of chip rows, reporting progress as each band starts."""
         for first_row in range(0, self.shape[0], self.band_rows):
             last_row = min(first_row + self.band_rows, self.shape[0])
             self.report(
                 0.05 + 0.95 * (index + first_row / self.shape[0]) / len(self.passes),
                 f"image {index} ({item.entry.power_w * 1e3:g} mW): chip rows {first_row}..{last_row - 1}",
             )
-            chips = chip_records(
-                self._accumulate(item, first_row, last_row),
-                self.usable[first_row:last_row],
-                grid=self.layout.grid,
-                power_w=item.entry.power_w,
-                dark_v=item.dark_v,
-                sample_area_um2=self.sample_area_um2,
-                min_core_samples=self.settings.min_core_samples,
+            yield (
+                first_row,
+                chip_records(
+                    self._accumulate(item, first_row, last_row),
+                    self.usable[first_row:last_row],
+                    grid=self.layout.grid,
+                    power_w=item.entry.power_w,
+                    dark_v=item.dark_v,
+                    sample_area_um2=self.sample_area_um2,
+                    min_core_samples=self.settings.min_core_samples,
+                ),
             )
-            measured += int(np.count_nonzero(chips["core_samples"]))
-            if held is not None:
-                row_above = write_chip_band(
-                    dataset,
-                    *held,
-                    row_above=row_above,
-                    row_below=chips["intensity_v"][:1],
-                    ratio=self.ratio,
-                    low_pass=low_pass,
-                )
-            held = (first_row, chips)
-        if held is not None:
-            write_chip_band(dataset, *held, row_above=row_above, row_below=None, ratio=self.ratio, low_pass=low_pass)
-        return measured
 
     def _accumulate(self, item: _Pass, first_row: int, last_row: int) -> np.ndarray:
         """The kernel's per-chip sums over chip rows ``first_row .. last_row - 1``, each image row a scan line."""
