@@ -507,7 +507,7 @@ def find_defect_structures(
     clusters = _find_clusters(fails, min_chips, settings) if min_chips is not None else []
     del fails
 
-    found: list[tuple[StructureKind, _Shape, IntArray, IntArray]] = []
+    found: list[tuple[StructureKind, Structure, IntArray, IntArray]] = []
     for rows, cols in scratches:
         found.append((StructureKind.SCRATCH, _shape(rows, cols, frame, inner), rows, cols))
     for rows, cols in clusters:
@@ -521,7 +521,7 @@ def find_defect_structures(
     for label, (kind, shape, rows, cols) in enumerate(found, start=1):
         label_map[rows, cols] = label
         kind_map[rows, cols] = int(kind)
-        structures.append(Structure(label=label, kind=kind, **dataclasses.asdict(shape)))
+        structures.append(dataclasses.replace(shape, label=label, kind=kind))
     return SpatialResult(
         label_map=label_map,
         kind_map=kind_map,
@@ -820,25 +820,6 @@ _CHIP_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
-class _Shape:
-    chip_count: int
-    centroid_col: float
-    centroid_row: float
-    centroid_x_um: float
-    centroid_y_um: float
-    col_min: int
-    row_min: int
-    col_max: int
-    row_max: int
-    length_um: float
-    width_um: float
-    angle_deg: float
-    elongation: float
-    radius_um: float
-    edge_fraction: float
-
-
-@dataclass(frozen=True)
 class _ChipFrame:
     """Chip centres as an affine function of the index: ``(x, y) = origin + J · (col, row)`` (µm)."""
 
@@ -906,8 +887,9 @@ def _line_inliers(x_um: FloatArray, y_um: FloatArray, pitch_um: float) -> BoolAr
     return keep
 
 
-def _shape(rows: IntArray, cols: IntArray, frame: _ChipFrame, inner: WaferLayout) -> _Shape:
-    """Geometry of a group of chips, accumulated chunk by chunk in index space and mapped to µm."""
+def _shape(rows: IntArray, cols: IntArray, frame: _ChipFrame, inner: WaferLayout) -> Structure:
+    """Geometry of a group of chips, accumulated chunk by chunk in index space and mapped to µm (a structure not
+    yet labelled or classified: label 0, kind NONE)."""
     count = rows.size
     mean_col, mean_row = float(cols.mean(dtype=np.float64)), float(rows.mean(dtype=np.float64))
     s_cc = s_rr = s_cr = 0.0
@@ -931,7 +913,9 @@ def _shape(rows: IntArray, cols: IntArray, frame: _ChipFrame, inner: WaferLayout
         low, high = min(low, float(along.min())), max(high, float(along.max()))
     mean_x, mean_y = frame.centres_um(np.float64(mean_row), np.float64(mean_col))
     width_um = math.sqrt(12.0 * minor_var + frame.pitch_um**2)
-    return _Shape(
+    return Structure(
+        label=0,
+        kind=StructureKind.NONE,
         chip_count=int(count),
         centroid_col=mean_col,
         centroid_row=mean_row,
@@ -950,7 +934,7 @@ def _shape(rows: IntArray, cols: IntArray, frame: _ChipFrame, inner: WaferLayout
     )
 
 
-def _cluster_kind(shape: _Shape, frame: _ChipFrame, settings: SpatialSettings) -> StructureKind:
+def _cluster_kind(shape: Structure, frame: _ChipFrame, settings: SpatialSettings) -> StructureKind:
     if shape.edge_fraction >= settings.edge_structure_min_fraction:
         return StructureKind.EDGE
     # A solid disc of chip centres has σ² = R²/4 per axis; pad by half a pitch for the chips' own extent.
