@@ -17,7 +17,6 @@ from drivers.interfaces import Axis
 from drivers.station import Station, load_station_config, open_station
 from drivers.virtual.profile import load_profile
 from drivers.virtual.station import VirtualStation
-from drivers.virtual.synthetic import write_synthetic_scan
 from drivers.virtual.world import WaferWorld, classify_el
 from inspection.el_probe import (
     EL_INTENSITY_UNIT,
@@ -41,49 +40,23 @@ DATA = REPO / "tests" / "data"
 RECIPE = DATA / "coarse-recipe.toml"
 STATION = DATA / "coarse-station.toml"
 
-# the coarse test wafer (~480 chips of 1.2 mm) with every kind of EL failure common enough to pick some
-DEFECTIVE_PROFILE = (DATA / "coarse-profile.toml").read_text() + (
-    "\n[defects]\nmissing_fraction = 0.03\ndead_fraction = 0.03\ndim_fraction = 0.03\nleaky_fraction = 0.03\n"
-    "el_open_fraction = 0.03\nel_series_fraction = 0.03\n"
-)
-
 
 @pytest.fixture(scope="module")
-def profile_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("profile") / "defective.toml"
-    path.write_text(DEFECTIVE_PROFILE)
-    return path
-
-
-@pytest.fixture(scope="module")
-def world(profile_path: Path) -> WaferWorld:
-    return WaferWorld(load_profile(profile_path))
-
-
-@pytest.fixture(scope="module")
-def truth(world: WaferWorld) -> dict[str, np.ndarray]:
-    table = world.truth_rows(0, world.layout.row_count)
-    table["el_result"] = classify_el(table, world.profile.el_test)
+def truth(el_world: WaferWorld) -> dict[str, np.ndarray]:
+    table = el_world.truth_rows(0, el_world.layout.row_count)
+    table["el_result"] = classify_el(table, el_world.profile.el_test)
     return table
 
 
 @pytest.fixture(scope="module")
-def virtual(profile_path: Path) -> VirtualStation:
-    with VirtualStation.start(profile_path) as running:
+def virtual(el_profile_path: Path) -> VirtualStation:
+    with VirtualStation.start(el_profile_path) as running:
         yield running
 
 
 @pytest.fixture
-def scan_path(world: WaferWorld, tmp_path: Path) -> Path:
-    """A scan file of the wafer with its recipe and a perfect alignment (two lines: probing needs no more)."""
-    path = tmp_path / "scan.h5"
-    write_synthetic_scan(path, world.profile, load_recipe(RECIPE), lines=slice(0, 2))
-    return path
-
-
-@pytest.fixture
-def config(world: WaferWorld) -> ElProbeConfig:
-    return ElProbeConfig(probe=ElProbeSettings(contact_z_um=world.profile.stage.probe_contact_z_um))
+def config(el_world: WaferWorld) -> ElProbeConfig:
+    return ElProbeConfig(probe=ElProbeSettings(contact_z_um=el_world.profile.stage.probe_contact_z_um))
 
 
 @contextlib.contextmanager
@@ -117,16 +90,16 @@ def assert_station_safe(virtual: VirtualStation, station: Station, config: ElPro
     assert station.stage.position_um(Axis.Z) == pytest.approx(config.probe.safe_z_um, abs=1.0)
 
 
-def test_probed_fail_modes_and_values_equal_the_truth(virtual, world, truth, scan_path, config) -> None:
+def test_probed_fail_modes_and_values_equal_the_truth(virtual, el_world, truth, el_scan_path, config) -> None:
     chips = known_chips(truth)
     cols, rows = truth["col"][chips], truth["row"][chips]
     progress: list[ElProbeProgress] = []
     with station_on(virtual) as station:
-        outcome = run_el_probe(scan_path, config, station=station, chips=(cols, rows), on_progress=progress.append)
+        outcome = run_el_probe(el_scan_path, config, station=station, chips=(cols, rows), on_progress=progress.append)
         assert_station_safe(virtual, station, config)
     assert progress[-1] == ElProbeProgress("probing", chips.size, chips.size, progress[-1].message)
     assert sum(item.phase == "presence" for item in progress) == chips.size
-    stored = read_el_reference(scan_path)
+    stored = read_el_reference(el_scan_path)
     assert stored is not None
     np.testing.assert_array_equal(stored.records, outcome.reference.records)
     records = stored.records
@@ -135,7 +108,7 @@ def test_probed_fail_modes_and_values_equal_the_truth(virtual, world, truth, sca
     assert sorted(at.tolist()) == sorted(chips.tolist())  # every chip once, in travel order
     np.testing.assert_array_equal(records["fail_mode"], truth["el_result"][at])
     assert records["passed"].tolist() == (truth["el_result"][at] == ElFailMode.PASS).tolist()
-    # the station measures what the world's EL reference says (open and missing: compliance, no current, no light)
+    # the station measures what the wafer's EL reference says (open and missing: compliance, no current, no light)
     np.testing.assert_allclose(records["forward_v"], truth["el_forward_v"][at], rtol=1e-5)
     np.testing.assert_allclose(records["el_intensity"], truth["el_light_v"][at], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(records["reverse_current_a"], truth["el_reverse_a"][at], rtol=1e-3, atol=1e-14)
@@ -151,21 +124,21 @@ def test_probed_fail_modes_and_values_equal_the_truth(virtual, world, truth, sca
     np.testing.assert_allclose(stored.forward_sweep_current_a[conducting, -1], config.el_test.test_current_a, rtol=1e-6)
     assert stored.provenance["source"] == "station probe"
     assert "2450" in stored.provenance["identity_smu"]
-    config_file = scan_path.with_name("stored-config.toml")
+    config_file = el_scan_path.with_name("stored-config.toml")
     config_file.write_text(stored.provenance["config_toml"])
     assert load_el_probe_config(config_file) == config
     assert outcome.report.matched_count == chips.size
-    fail_map = stored.fail_mode_map(world.layout)
+    fail_map = stored.fail_mode_map(el_world.layout)
     np.testing.assert_array_equal(fail_map[rows, cols], truth["el_result"][chips])
 
 
-def test_a_random_sample_of_usable_chips(virtual, world, truth, scan_path, config) -> None:
-    cols, rows = choose_probe_chips(world.layout, 20, seed=11)
-    again = choose_probe_chips(world.layout, 20, seed=11)
+def test_a_random_sample_of_usable_chips(virtual, el_world, truth, el_scan_path, config) -> None:
+    cols, rows = choose_probe_chips(el_world.layout, 20, seed=11)
+    again = choose_probe_chips(el_world.layout, 20, seed=11)
     np.testing.assert_array_equal(cols, again[0])
-    assert world.layout.chip_usable(cols, rows).all() and len(set(zip(cols, rows, strict=True))) == 20
+    assert el_world.layout.chip_usable(cols, rows).all() and len(set(zip(cols, rows, strict=True))) == 20
     with station_on(virtual) as station:
-        outcome = run_el_probe(scan_path, config, station=station, sample_count=20, seed=11)
+        outcome = run_el_probe(el_scan_path, config, station=station, sample_count=20, seed=11)
     records = outcome.reference.records
     index = {(c, r): i for i, (c, r) in enumerate(zip(truth["col"].tolist(), truth["row"].tolist(), strict=True))}
     at = [index[chip] for chip in zip(records["col"].tolist(), records["row"].tolist(), strict=True)]
@@ -199,7 +172,7 @@ class _WatchedSourceMeter:
         return getattr(self._smu, name)
 
 
-def test_laser_off_and_probe_down_whenever_current_flows(virtual, world, truth, config) -> None:
+def test_laser_off_and_probe_down_whenever_current_flows(virtual, el_world, truth, config) -> None:
     chips = known_chips(truth, per_mode=1, good=3)
     with station_on(virtual) as station:
 
@@ -211,8 +184,8 @@ def test_laser_off_and_probe_down_whenever_current_flows(virtual, world, truth, 
         station.smu = watched  # type: ignore[assignment]
         probe_chips(
             station,
-            world.layout,
-            world.placement,
+            el_world.layout,
+            el_world.placement,
             (truth["col"][chips], truth["row"][chips]),
             config,
             focus_z_um=load_recipe(RECIPE).focus.focus_z_um,
@@ -238,7 +211,9 @@ class _FailingDetector:
         return getattr(self._detector, name)
 
 
-def test_an_instrument_failure_with_the_output_on_leaves_the_station_safe(virtual, world, truth, scan_path, config):
+def test_an_instrument_failure_with_the_output_on_leaves_the_station_safe(
+    virtual, el_world, truth, el_scan_path, config
+):
     chips = known_chips(truth, per_mode=0, good=4)
     outputs: list[bool] = []
     with station_on(virtual) as station:
@@ -252,27 +227,27 @@ def test_an_instrument_failure_with_the_output_on_leaves_the_station_safe(virtua
         failing.read_voltage_v = read_and_note  # type: ignore[method-assign]
         station.detector = failing  # type: ignore[assignment]
         with pytest.raises(InstrumentError, match="injected failure during the EL reading"):
-            run_el_probe(scan_path, config, station=station, chips=(truth["col"][chips], truth["row"][chips]))
+            run_el_probe(el_scan_path, config, station=station, chips=(truth["col"][chips], truth["row"][chips]))
         station.detector = detector
         assert outputs == [False, True, False, True]  # it failed with current flowing ...
         assert_station_safe(virtual, station, config)  # ... and the output is off, Z at the safe height
-    assert read_el_reference(scan_path) is None  # nothing half-probed is written
+    assert read_el_reference(el_scan_path) is None  # nothing half-probed is written
 
 
-def test_a_dropped_source_meter_connection_is_reconnected_to_switch_the_output_off(virtual, world, truth, config):
+def test_a_dropped_source_meter_connection_is_reconnected_to_switch_the_output_off(virtual, el_world, truth, config):
     chips = known_chips(truth, per_mode=0, good=3)
     cols, rows = truth["col"][chips], truth["row"][chips]
     with station_on(virtual) as station:
         before = virtual.control(op="status")["commands"].get("smu", 0)
-        probe_chips(station, world.layout, world.placement, (cols[:1], rows[:1]), config, focus_z_um=2000.0)
+        probe_chips(station, el_world.layout, el_world.placement, (cols[:1], rows[:1]), config, focus_z_um=2000.0)
         per_chip = virtual.control(op="status")["commands"]["smu"] - before
         virtual.inject_fault("smu", "disconnect", at_command=per_chip + per_chip // 2)  # within the second chip
         with pytest.raises(InstrumentError, match="smu"):
-            probe_chips(station, world.layout, world.placement, (cols, rows), config, focus_z_um=2000.0)
+            probe_chips(station, el_world.layout, el_world.placement, (cols, rows), config, focus_z_um=2000.0)
         assert_station_safe(virtual, station, config)
 
 
-def test_abort_stops_between_chips_and_writes_nothing(virtual, world, truth, scan_path, config) -> None:
+def test_abort_stops_between_chips_and_writes_nothing(virtual, el_world, truth, el_scan_path, config) -> None:
     chips = known_chips(truth, per_mode=0, good=6)
     abort = threading.Event()
 
@@ -283,7 +258,7 @@ def test_abort_stops_between_chips_and_writes_nothing(virtual, world, truth, sca
     with station_on(virtual) as station:
         with pytest.raises(ElProbeAborted, match="aborted after 2 of 6 chips; nothing was written"):
             run_el_probe(
-                scan_path,
+                el_scan_path,
                 config,
                 station=station,
                 chips=(truth["col"][chips], truth["row"][chips]),
@@ -291,15 +266,15 @@ def test_abort_stops_between_chips_and_writes_nothing(virtual, world, truth, sca
                 abort=abort,
             )
         assert_station_safe(virtual, station, config)
-    assert read_el_reference(scan_path) is None
+    assert read_el_reference(el_scan_path) is None
 
 
-def test_without_the_presence_check_a_missing_chip_reads_open(virtual, world, truth, config) -> None:
+def test_without_the_presence_check_a_missing_chip_reads_open(virtual, el_world, truth, config) -> None:
     chips = known_chips(truth, per_mode=1, good=5)
     blind = ElProbeConfig(probe=ElProbeSettings(contact_z_um=config.probe.contact_z_um, presence_check=False))
     with station_on(virtual) as station:
         reference = probe_chips(
-            station, world.layout, world.placement, (truth["col"][chips], truth["row"][chips]), blind
+            station, el_world.layout, el_world.placement, (truth["col"][chips], truth["row"][chips]), blind
         )
     expected = truth["el_result"][chips].copy()
     expected[expected == ElFailMode.MISSING] = ElFailMode.OPEN  # electrically the same: no current, no light
@@ -307,10 +282,12 @@ def test_without_the_presence_check_a_missing_chip_reads_open(virtual, world, tr
     assert reference.presence_signal_v is None
 
 
-def test_bad_settings_and_chips_are_refused_before_anything_moves(virtual, world, truth, scan_path, config) -> None:
+def test_bad_settings_and_chips_are_refused_before_anything_moves(
+    virtual, el_world, truth, el_scan_path, config
+) -> None:
     with pytest.raises(ValueError, match=r"safe_z_um: 4900 µm \+ approach_gap_um 200 µm must be at most contact_z_um"):
         ElProbeSettings(contact_z_um=5000.0, safe_z_um=4900.0)
-    path = scan_path.with_name("probe.toml")
+    path = el_scan_path.with_name("probe.toml")
     path.write_text("[probe]\noverdrive_um = 500\n[el_test]\ntest_current_a = 2.0\n")
     with pytest.raises(SettingsError) as caught:
         load_el_probe_config(path)
@@ -320,36 +297,36 @@ def test_bad_settings_and_chips_are_refused_before_anything_moves(virtual, world
     assert "el_test.test_current_a: 2.0 is outside the allowed range" in problems
     path.write_text(el_probe_config_to_toml(config))
     assert load_el_probe_config(path) == config
-    off_wafer = np.argwhere(~world.layout.physical_mask())[0]
+    off_wafer = np.argwhere(~el_world.layout.physical_mask())[0]
     with station_on(virtual) as station:
         before = station.stage.positions_um()
         with pytest.raises(ValueError, match=r"1 chip\(s\) not on the substrate"):
-            run_el_probe(scan_path, config, station=station, chips=([off_wafer[1]], [off_wafer[0]]))
+            run_el_probe(el_scan_path, config, station=station, chips=([off_wafer[1]], [off_wafer[0]]))
         with pytest.raises(ValueError, match="chips given twice"):
-            run_el_probe(scan_path, config, station=station, chips=(truth["col"][[0, 0]], truth["row"][[0, 0]]))
+            run_el_probe(el_scan_path, config, station=station, chips=(truth["col"][[0, 0]], truth["row"][[0, 0]]))
         too_high = ElProbeConfig(probe=ElProbeSettings(contact_z_um=99_000.0), el_test=ElTestCriteria())
         beyond = r"outside the stage's Z travel 0\.\.[\d.]+ µm: contact_z_um \+ overdrive_um = 99020 µm"
         with pytest.raises(ValueError, match=beyond):
-            run_el_probe(scan_path, too_high, station=station, chips=(truth["col"][:1], truth["row"][:1]))
+            run_el_probe(el_scan_path, too_high, station=station, chips=(truth["col"][:1], truth["row"][:1]))
         assert station.stage.positions_um() == before
 
 
 def test_probe_command(
-    profile_path: Path, truth: dict[str, np.ndarray], scan_path: Path, tmp_path: Path, capsys
+    el_profile_path: Path, truth: dict[str, np.ndarray], el_scan_path: Path, tmp_path: Path, capsys
 ) -> None:
     station = tmp_path / "station.toml"
     text = STATION.read_text()
-    station.write_text(re.sub(r'virtual_profile = ".*"', f'virtual_profile = "{profile_path}"', text))
+    station.write_text(re.sub(r'virtual_profile = ".*"', f'virtual_profile = "{el_profile_path}"', text))
     config = tmp_path / "probe.toml"
-    config.write_text(f"[probe]\ncontact_z_um = {load_profile(profile_path).stage.probe_contact_z_um}\n")
-    code = main(["probe", str(scan_path), "--config", str(config), "--station", str(station), "--chips", "6"])
+    config.write_text(f"[probe]\ncontact_z_um = {load_profile(el_profile_path).stage.probe_contact_z_um}\n")
+    code = main(["probe", str(el_scan_path), "--config", str(config), "--station", str(station), "--chips", "6"])
     assert code == 0, capsys.readouterr().err
     assert "probed 6 chips" in capsys.readouterr().out
-    reference = read_el_reference(scan_path)
+    reference = read_el_reference(el_scan_path)
     expected = {
         (int(c), int(r)): int(e) for c, r, e in zip(truth["col"], truth["row"], truth["el_result"], strict=True)
     }
     assert all(expected[(int(c), int(r))] == int(m) for c, r, m in reference.records[["col", "row", "fail_mode"]])
     config.write_text("[probe]\n")  # no contact height: refused before anything moves
-    assert main(["probe", str(scan_path), "--config", str(config), "--station", str(station)]) == 2
+    assert main(["probe", str(el_scan_path), "--config", str(config), "--station", str(station)]) == 2
     assert "contact_z_um: missing" in capsys.readouterr().err

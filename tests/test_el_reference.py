@@ -53,37 +53,11 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 RECIPE = DATA / "coarse-recipe.toml"
 
-# the coarse test wafer with every kind of EL failure common enough to find some on ~480 chips
-DEFECTIVE_PROFILE = (DATA / "coarse-profile.toml").read_text() + (
-    "\n[defects]\nmissing_fraction = 0.03\ndead_fraction = 0.03\ndim_fraction = 0.03\nleaky_fraction = 0.03\n"
-    "el_open_fraction = 0.03\nel_series_fraction = 0.03\n"
-)
-
 
 @pytest.fixture(scope="module")
-def profile_path(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("profile") / "defective.toml"
-    path.write_text(DEFECTIVE_PROFILE)
-    return path
-
-
-@pytest.fixture(scope="module")
-def world(profile_path: Path) -> WaferWorld:
-    return WaferWorld(load_profile(profile_path))
-
-
-@pytest.fixture(scope="module")
-def truth_file(world: WaferWorld, tmp_path_factory) -> Path:
+def truth_file(el_world: WaferWorld, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("truth") / "truth.h5"
-    export_truth(world, path)
-    return path
-
-
-@pytest.fixture
-def scan_path(world: WaferWorld, tmp_path: Path) -> Path:
-    """A small scan file of the defective wafer (two lines are enough: the EL data needs its recipe)."""
-    path = tmp_path / "scan.h5"
-    write_synthetic_scan(path, world.profile, load_recipe(RECIPE), lines=slice(0, 2))
+    export_truth(el_world, path)
     return path
 
 
@@ -136,10 +110,10 @@ def test_light_limits_refer_to_the_median_of_present_chips_unless_a_reference_is
     assert decide_fail_modes(**empty, criteria=ElTestCriteria()).dtype == np.uint8
 
 
-def test_profile_el_test_converts_and_classify_el_uses_the_inspection_decision(world: WaferWorld) -> None:
-    criteria = el_test_criteria(world.profile.el_test)
-    assert dataclasses.asdict(world.profile.el_test).items() <= dataclasses.asdict(criteria).items()
-    table = world.truth_rows(0, world.layout.row_count)
+def test_profile_el_test_converts_and_classify_el_uses_the_inspection_decision(el_world: WaferWorld) -> None:
+    criteria = el_test_criteria(el_world.profile.el_test)
+    assert dataclasses.asdict(el_world.profile.el_test).items() <= dataclasses.asdict(criteria).items()
+    table = el_world.truth_rows(0, el_world.layout.row_count)
     expected = decide_fail_modes(
         present=table["present"],
         forward_v=table["el_forward_v"],
@@ -147,7 +121,7 @@ def test_profile_el_test_converts_and_classify_el_uses_the_inspection_decision(w
         el_intensity=table["el_light_v"],
         criteria=criteria,
     )
-    np.testing.assert_array_equal(classify_el(table, world.profile.el_test), expected)
+    np.testing.assert_array_equal(classify_el(table, el_world.profile.el_test), expected)
     np.testing.assert_array_equal(classify_el(table, criteria), expected)
 
 
@@ -336,8 +310,8 @@ def test_all_problems_of_a_csv_are_reported_at_once_and_quoted_fields_parse(tmp_
 # -- join to the layout -------------------------------------------------------------------------------------------
 
 
-def test_join_reports_chips_off_the_box_off_the_wafer_and_repeated(world: WaferWorld) -> None:
-    layout = world.layout
+def test_join_reports_chips_off_the_box_off_the_wafer_and_repeated(el_world: WaferWorld) -> None:
+    layout = el_world.layout
     on = np.argwhere(layout.physical_mask())[:6]  # (row, col) of chips on the wafer
     off_wafer = np.argwhere(~layout.physical_mask())[0]  # a corner of the box
     cols = [*on[:, 1], off_wafer[1], -3, layout.column_count, on[0, 1]]
@@ -361,8 +335,8 @@ def test_join_reports_chips_off_the_box_off_the_wafer_and_repeated(world: WaferW
     assert np.count_nonzero(fail_map != NOT_PROBED) == 7  # six chips on the wafer and the corner one
 
 
-def test_a_mismatched_grid_is_refused(world: WaferWorld, tmp_path: Path) -> None:
-    layout = world.layout
+def test_a_mismatched_grid_is_refused(el_world: WaferWorld, tmp_path: Path) -> None:
+    layout = el_world.layout
     rows, cols = np.nonzero(layout.physical_mask())
     records = records_from_arrays(col=cols, row=rows, fail_mode=np.zeros(cols.size, dtype=np.uint8))
     assert (
@@ -384,20 +358,20 @@ def test_a_mismatched_grid_is_refused(world: WaferWorld, tmp_path: Path) -> None
 # -- storage --------------------------------------------------------------------------------------------------------
 
 
-def test_csv_to_scan_file_and_back(scan_path: Path, tmp_path: Path) -> None:
-    assert read_el_reference(scan_path) is None
+def test_csv_to_scan_file_and_back(el_scan_path: Path, tmp_path: Path) -> None:
+    assert read_el_reference(el_scan_path) is None
     lines = ["10,10,2.96,0.1,-5e-12,PASS,1", "11,10,10,0,0,FAIL,99", "12,10,2.96,0.001,-2e-6,FAIL,21"]
     path = write_csv(tmp_path / "el.csv", "# pitch_x_um = 2000\n" + HEADER + "\n".join(lines) + "\n")
     reference = load_el_csv(path)
-    write_el_reference(scan_path, reference)
-    stored = read_el_reference(scan_path)
+    write_el_reference(el_scan_path, reference)
+    stored = read_el_reference(el_scan_path)
     assert stored is not None
     np.testing.assert_array_equal(stored.records, reference.records)
     assert stored.el_intensity_unit == "V (photodetector)"
     assert dict(stored.provenance) == dict(reference.provenance)
     assert dict(stored.metadata) == {"pitch_x_um": "2000"}
     assert stored.criteria is None and stored.forward_sweep_current_a is None
-    with ScanFile(scan_path) as scan:  # the scan itself is untouched and still reads
+    with ScanFile(el_scan_path) as scan:  # the scan itself is untouched and still reads
         assert scan.lines_complete(0) == 2
         group = scan.h5file["el_reference"]
         assert group.attrs["format_name"] == "plmapper-el-reference"
@@ -405,12 +379,12 @@ def test_csv_to_scan_file_and_back(scan_path: Path, tmp_path: Path) -> None:
         assert "el_reference_partial" not in scan.h5file
 
 
-def test_writing_again_replaces_the_reference_and_a_left_partial_group_is_discarded(scan_path: Path) -> None:
+def test_writing_again_replaces_the_reference_and_a_left_partial_group_is_discarded(el_scan_path: Path) -> None:
     first = ElReference(records_from_arrays(col=[10], row=[10], fail_mode=[0]), "V", {"source": "first"})
-    write_el_reference(scan_path, first)
-    with h5py.File(scan_path, "r+") as file:  # what an interrupted write leaves behind
+    write_el_reference(el_scan_path, first)
+    with h5py.File(el_scan_path, "r+") as file:  # what an interrupted write leaves behind
         file.create_group("el_reference_partial").create_dataset("chips", data=np.zeros(3, dtype=EL_DTYPE))
-    assert read_el_reference(scan_path).provenance["source"] == "first"  # the old one still counts
+    assert read_el_reference(el_scan_path).provenance["source"] == "first"  # the old one still counts
     criteria = ElTestCriteria(el_reference_intensity=0.25)
     second = ElReference(
         records_from_arrays(col=[11, 12], row=[10, 10], fail_mode=[4, 0]),
@@ -420,41 +394,41 @@ def test_writing_again_replaces_the_reference_and_a_left_partial_group_is_discar
         forward_sweep_current_a=np.ones((2, 3)),
         forward_sweep_voltage_v=np.full((2, 3), 2.5),
     )
-    write_el_reference(scan_path, second)
-    stored = read_el_reference(scan_path)
+    write_el_reference(el_scan_path, second)
+    stored = read_el_reference(el_scan_path)
     assert stored.provenance["source"] == "second" and len(stored) == 2
     assert stored.criteria == criteria
     np.testing.assert_array_equal(stored.forward_sweep_voltage_v, np.full((2, 3), 2.5, dtype=np.float32))
 
 
-def test_import_refuses_another_grid_and_keeps_the_earlier_reference(scan_path: Path, tmp_path: Path) -> None:
+def test_import_refuses_another_grid_and_keeps_the_earlier_reference(el_scan_path: Path, tmp_path: Path) -> None:
     good = write_csv(tmp_path / "good.csv", HEADER + "10,10,2.96,0.1,0,PASS,1\n")
-    report = import_el_csv(scan_path, good)
+    report = import_el_csv(el_scan_path, good)
     assert report.matched_count == 1
     wrong = write_csv(
         tmp_path / "wrong.csv", "# pitch_x_um = 100\n# pitch_y_um = 100\n" + HEADER + "1,1,3,0.1,0,PASS,1\n"
     )
     with pytest.raises(ElGridMismatchError, match="pitch_y_um = 100 µm but the recipe's grid has 2000 µm"):
-        import_el_csv(scan_path, wrong)
-    assert read_el_reference(scan_path).provenance["source_file"] == "good.csv"
+        import_el_csv(el_scan_path, wrong)
+    assert read_el_reference(el_scan_path).provenance["source_file"] == "good.csv"
     shifted = write_csv(tmp_path / "shifted.csv", "X,Y,RESULT\n110,210,PASS\n")
     mapping = tmp_path / "shifted.toml"
     mapping.write_text(
         'col_column = "X"\nrow_column = "Y"\ncol_offset = -100\nrow_offset = -200\nforward_voltage_column = ""\n'
         'el_intensity_column = ""\nreverse_current_column = ""\nfail_code_column = ""\n'
     )
-    assert import_el_csv(scan_path, shifted, mapping).matched_count == 1
-    assert read_el_reference(scan_path).records[["col", "row"]].tolist() == [(10, 10)]
+    assert import_el_csv(el_scan_path, shifted, mapping).matched_count == 1
+    assert read_el_reference(el_scan_path).records[["col", "row"]].tolist() == [(10, 10)]
 
 
 # -- the virtual prober's export ------------------------------------------------------------------------------------
 
 
-def test_exported_virtual_csv_imports_to_the_truth(world: WaferWorld, truth_file: Path, tmp_path: Path) -> None:
+def test_exported_virtual_csv_imports_to_the_truth(el_world: WaferWorld, truth_file: Path, tmp_path: Path) -> None:
     from_truth = tmp_path / "from-truth.csv"
     count = export_el_csv(truth_file, from_truth)
-    from_world = tmp_path / "from-world.csv"
-    assert export_el_csv(world, from_world) == count
+    from_world = tmp_path / "from-el_world.csv"
+    assert export_el_csv(el_world, from_world) == count
     lines = from_truth.read_text().splitlines()
     assert [line for line in lines if "generated_utc" not in line] == [
         line for line in from_world.read_text().splitlines() if "generated_utc" not in line
@@ -471,11 +445,11 @@ def test_exported_virtual_csv_imports_to_the_truth(world: WaferWorld, truth_file
     np.testing.assert_allclose(records["forward_v"], chips["el_forward_v"], rtol=1e-6)
     np.testing.assert_allclose(records["reverse_current_a"], chips["el_reverse_a"], rtol=1e-4)
     assert set(np.unique(records["fail_mode"]).tolist()) == {mode.value for mode in ElFailMode}  # every mode occurs
-    report = join_to_layout(reference, world.layout)  # the declared pitch and box size agree with the recipe's
+    report = join_to_layout(reference, el_world.layout)  # the declared pitch and box size agree with the recipe's
     assert report.matched_count == count and report.outside_box_count == report.duplicate_count == 0
-    fail_map = reference.fail_mode_map(world.layout)
+    fail_map = reference.fail_mode_map(el_world.layout)
     np.testing.assert_array_equal(fail_map[chips["row"], chips["col"]], chips["el_result"])
-    assert np.all(fail_map[~world.layout.physical_mask()] == NOT_PROBED)
+    assert np.all(fail_map[~el_world.layout.physical_mask()] == NOT_PROBED)
 
 
 def test_demo_wafer_export_round_trips_through_a_scan_file(tmp_path: Path) -> None:
@@ -483,26 +457,26 @@ def test_demo_wafer_export_round_trips_through_a_scan_file(tmp_path: Path) -> No
     profile = load_profile(REPO / "resources" / "profiles" / "demo-2in.toml")
     recipe = load_recipe(REPO / "resources" / "recipes" / "demo-2in.toml")
     scan = write_synthetic_scan(tmp_path / "demo.h5", profile, recipe, lines=slice(0, 1))
-    world = WaferWorld(profile)
+    el_world = WaferWorld(profile)
     csv_path = tmp_path / "demo.csv"
-    count = export_el_csv(world, csv_path)
+    count = export_el_csv(el_world, csv_path)
     report = import_el_csv(scan, csv_path)
     assert report.matched_count == count > 190_000
     stored = read_el_reference(scan)
-    table = world.truth_rows(0, world.layout.row_count)
+    table = el_world.truth_rows(0, el_world.layout.row_count)
     np.testing.assert_array_equal(stored.records["fail_mode"], classify_el(table, profile.el_test))
 
 
 def test_command_line_import_and_truth_export(
-    scan_path: Path, profile_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    el_scan_path: Path, el_profile_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     truth, csv = tmp_path / "truth.h5", tmp_path / "prober.csv"
-    assert main(["station", "truth", "--profile", str(profile_path), "--out", str(truth), "--csv", str(csv)]) == 0
+    assert main(["station", "truth", "--profile", str(el_profile_path), "--out", str(truth), "--csv", str(csv)]) == 0
     assert csv.read_text().startswith("#")
-    assert main(["import", "el", str(scan_path), str(csv)]) == 0
+    assert main(["import", "el", str(el_scan_path), str(csv)]) == 0
     assert "fail modes:" in capsys.readouterr().out
     bad = write_csv(tmp_path / "bad.csv", HEADER + "10,10,2.96,0.1,0,MAYBE,1\n")
-    assert main(["import", "el", str(scan_path), str(bad)]) == 2
+    assert main(["import", "el", str(el_scan_path), str(bad)]) == 2
     error = capsys.readouterr().err
     assert "bad.csv" in error and "MAYBE" in error and "Traceback" not in error
-    assert read_el_reference(scan_path).provenance["source_file"] == "prober.csv"  # the refused file wrote nothing
+    assert read_el_reference(el_scan_path).provenance["source_file"] == "prober.csv"  # the refused file wrote nothing
