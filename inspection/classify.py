@@ -41,7 +41,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from inspection.bins import NO_CHIP, BinTable, DefectClass, bin_table_from_json, default_bin_table
@@ -52,7 +51,7 @@ from inspection.model import DefectModel, TrainingWafer
 from inspection.pipeline import ChipResults
 from inspection.recipe import ClassificationSettings, Recipe, stored_recipe
 from inspection.rules import classify_features, spectral_outliers
-from inspection.scanfile import ScanFile
+from inspection.scanfile import ScanFile, open_hdf5
 from inspection.settings import to_mapping
 from inspection.spatial import SpatialSettings, StructureKind, find_defect_structures, wafer_signature
 from inspection.wafer import WaferLayout
@@ -115,7 +114,7 @@ class Classification:
 def write_classification(path: str | Path, classification: Classification) -> None:
     """Store ``classification`` as the scan file's ``/classification`` group (replacing an earlier one)."""
     path = Path(path)
-    with h5py.File(path, "r+") as file:
+    with open_hdf5(path, "r+") as file:
         if "classification_partial" in file:
             del file["classification_partial"]
         group = file.create_group("classification_partial")
@@ -152,7 +151,7 @@ def write_classification(path: str | Path, classification: Classification) -> No
 def read_classification(path: str | Path, *, rows: slice | None = None) -> Classification | None:
     """The stored classification of a scan file (or of a band of its rows), or None when it has none."""
     path = Path(path)
-    with h5py.File(path, "r") as file:
+    with open_hdf5(path) as file:
         group = file.get("classification")
         if group is None:
             return None

@@ -53,7 +53,7 @@ import numpy as np
 from cext import chip_kernels as kernels
 from inspection.alignment import phase_of, wrap
 from inspection.recipe import Recipe, ScanMode, recipe_from_text
-from inspection.scanfile import ScanFile, ScanFileError
+from inspection.scanfile import ScanFile, ScanFileError, open_hdf5
 from inspection.spectra_analysis import SPECTRUM_RESULT_DTYPE, chip_map, fit_spectra
 from inspection.wafer import ChipGrid, Placement, WaferLayout
 
@@ -922,7 +922,7 @@ class ChipResults:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._file = h5py.File(self.path, "r")
+        self._file = open_hdf5(self.path)
         group = self._file.get("results")
         if group is None:
             self._file.close()

@@ -431,6 +431,16 @@ def _file_access(*, chunk_cache_bytes: int = 4 << 20) -> h5py.h5p.PropFAID:
     return fapl
 
 
+def open_hdf5(path: str | os.PathLike[str], mode: str = "r") -> h5py.File:
+    """Open a scan file with plain h5py (``mode`` as :class:`h5py.File`'s) for the groups :class:`ScanFile` does not
+    cover (``/classification``, ``/results`` maps, ``/el_reference``).
+
+    File locking is off as in :func:`_file_access`: HDF5 refuses to open a file a second time in one process with
+    other locking settings, so a plain default-locking open fails while a :class:`ScanFile` of the same file is open.
+    """
+    return h5py.File(path, mode, locking=False)
+
+
 def _encode(text: str, what: str, limit: int | None = None) -> bytes:
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str, not {type(text).__name__}")

@@ -27,7 +27,9 @@ from inspection.classify import (
 )
 from inspection.deployment import deployed_model
 from inspection.model import ModelFileError, load_model
+from inspection.pipeline import ChipResults
 from inspection.recipe import load_recipe
+from inspection.scanfile import ScanFile
 from inspection.spatial import SignatureLabel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +175,16 @@ def test_classify_without_a_model_uses_the_rules(wafers: dict[str, list[Path]], 
     assert classification.classifier["kind"] == "rules"
     assert np.isnan(classification.el_fail_probability).all()
     assert read_classification(scan).bin_table == default_bin_table()
+
+
+def test_results_and_classification_read_while_the_scan_file_is_open(wafers: dict[str, list[Path]]) -> None:
+    # the GUI keeps a ScanFile open while it reads the maps: every reader must open the file with the same locking
+    scan = wafers["held_out"][1]
+    with ScanFile(scan):
+        stored = read_classification(scan)
+        assert stored is not None
+        with ChipResults(scan) as results:
+            assert results.chips(0).shape == stored.defect_class.shape
 
 
 def test_a_line_of_dead_chips_is_a_scratch(wafers: dict[str, list[Path]], tmp_path: Path, station_home) -> None:

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from inspection.bins import NO_CHIP, BinTable, DefectClass
 from inspection.classify import Classification, read_classification
 from inspection.pipeline import ChipResults
 from inspection.recipe import Recipe, recipe_from_text
-from inspection.scanfile import ScanFile, ScanFileError
+from inspection.scanfile import ScanFile, ScanFileError, open_hdf5
 from inspection.wafer import WaferLayout
 
 __all__ = ["BAND_ROWS", "ExportError", "WaferSource", "atomic_output", "open_wafer"]
@@ -166,7 +165,7 @@ class BandReader:
     """Bands of rows of one scan file's classification and results maps (one open file for all of them)."""
 
     def __init__(self, path: Path) -> None:
-        self._file = h5py.File(path, "r")
+        self._file = open_hdf5(path)
         self._group = self._file["classification"]
         self.results = ChipResults(path)
 
@@ -238,7 +237,7 @@ def open_wafer(path: str | Path, *, bin_table: BinTable | None = None) -> WaferS
     if classification is None:
         raise ExportError(f"{path}: not classified yet; run plmapper classify {path.name} first")
     layout = recipe.layout()
-    with h5py.File(path, "r") as file:
+    with open_hdf5(path) as file:
         stored_shape = file["classification/defect_class"].shape
     if stored_shape != (layout.row_count, layout.column_count):
         raise ExportError(

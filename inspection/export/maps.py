@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import matplotlib as mpl
 import numpy as np
 from matplotlib.axes import Axes
@@ -44,6 +43,7 @@ from inspection.export._source import (
     open_wafer,
     to_grid_frame,
 )
+from inspection.scanfile import open_hdf5
 
 __all__ = [
     "IMAGE_CHIPS",
@@ -404,7 +404,7 @@ def measurement_images(source: WaferSource, *, factor: int | None = None) -> lis
     good = spectra[spectra["quality"] == 0] if spectra.size else spectra
     sites_x_um, sites_y_um = source.layout.chip_center_um(good["col"].astype(np.int64), good["row"].astype(np.int64))
     sites_u_um, sites_v_um = to_grid_frame(source.layout, np.asarray(sites_x_um), np.asarray(sites_y_um))
-    with h5py.File(source.path, "r") as file:
+    with open_hdf5(source.path) as file:
         for key, dataset, field_name, label, colormap in (
             ("wavelength", "results/wavelength_map_nm", "peak_nm", "Peak wavelength", "turbo"),
             ("fwhm", "results/fwhm_map_nm", "fwhm_nm", "FWHM", "magma"),
