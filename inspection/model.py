@@ -30,9 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,10 @@ def _feature_quantiles(features: np.ndarray) -> dict[str, Any]:
     return {"edges": edges, "shares": shares, "range": ranges}
 
 
+_PREDICT_BLOCK_ROWS = 262_144
+"""Chips per prediction block: bounds the forest's per-tree probability arrays (rows x classes, float64)."""
+
+
 class DefectModel:
     """A trained model and its card. Use :func:`train_model` or :func:`load_model` to get one."""
 
@@ -158,6 +164,14 @@ class DefectModel:
         self.estimator = estimator
         self.card = card
         self.sha256 = sha256
+        # The forest adds its trees' votes in whatever order its worker threads finish, so with n_jobs=-1 the same
+        # chip's probability could differ in the last bits between runs. Each tree is walked on one thread instead,
+        # and :meth:`predict` spreads blocks of chips over the cores (a chip's result depends only on its own row).
+        for calibrated in estimator.calibrated_classifiers_:
+            frozen = calibrated.estimator
+            forest = frozen.estimator if isinstance(frozen, FrozenEstimator) else frozen
+            if isinstance(forest, RandomForestClassifier):
+                forest.n_jobs = 1
 
     @property
     def threshold(self) -> float:
@@ -195,7 +209,16 @@ class DefectModel:
             raise ValueError(f"features must be (n, {len(FEATURE_NAMES)}), got {features.shape}")
         if features.shape[0] == 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8)
-        probabilities = self.estimator.predict_proba(np.nan_to_num(features, nan=_MISSING_VALUE))
+        features = np.nan_to_num(features, nan=_MISSING_VALUE)
+        blocks = range(0, features.shape[0], _PREDICT_BLOCK_ROWS)
+        with ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1)) as pool:
+            # the trees are walked without the GIL, so threads over blocks of rows use every core
+            parts = list(
+                pool.map(
+                    lambda start: self.estimator.predict_proba(features[start : start + _PREDICT_BLOCK_ROWS]), blocks
+                )
+            )
+        probabilities = np.concatenate(parts)
         classes = np.asarray(self.estimator.classes_)
         pass_column = np.flatnonzero(classes == ElFailMode.PASS)
         p_pass = probabilities[:, pass_column[0]] if pass_column.size else np.zeros(features.shape[0])

@@ -11,6 +11,7 @@ import pytest
 import skops.io as sio
 from sklearn.neighbors import KNeighborsClassifier
 
+from inspection import model as model_module
 from inspection.bins import NO_CHIP, DefectClass, bin_table_from_json, default_bin_table, load_bin_table
 from inspection.el_reference import ElFailMode
 from inspection.evaluation import evaluate_predictions, merge_evaluations
@@ -206,6 +207,20 @@ def test_model_learns_held_out_wafer_and_round_trips(model_file: Path) -> None:
     failing = np.isin(held_out.el_mode, [ElFailMode.DIM, ElFailMode.DEAD, ElFailMode.LEAKAGE])
     assert np.mean(mode[failing] == held_out.el_mode[failing]) > 0.97
     assert model.identity()["sha256"] and model.identity()["model_id"] == model.card["model_id"]
+
+
+def test_predictions_are_the_same_in_any_blocks_and_run_to_run(model_file: Path, monkeypatch) -> None:
+    model = load_model(model_file)
+    features = np.concatenate([synthetic_wafer(seed).features for seed in (13, 14)])
+    whole = model.predict(features)
+    monkeypatch.setattr(model_module, "_PREDICT_BLOCK_ROWS", 999)  # 13 blocks over the threads, the last short
+    for _ in range(3):
+        in_blocks = model.predict(features)
+        assert np.array_equal(in_blocks[0], whole[0]) and np.array_equal(in_blocks[1], whole[1])
+    # the one-call, one-thread forest gives the same probabilities bit for bit
+    one_call = model.estimator.predict_proba(features)
+    p_pass = one_call[:, list(model.estimator.classes_).index(ElFailMode.PASS)]
+    assert np.array_equal(np.clip(1.0 - p_pass, 0.0, 1.0).astype(np.float32), whole[0])
 
 
 def test_a_model_calibrated_with_few_failures_loads(tmp_path: Path) -> None:
