@@ -102,6 +102,8 @@ _REPORTED_ERRORS = (
     (EXIT_BAD_INPUT, "inspection.model", "ModelFileError"),
     (EXIT_BAD_INPUT, "inspection.history", "HistoryError"),
     (EXIT_BAD_INPUT, "inspection.access", "AccessError"),  # an audit log that cannot be written stops the work
+    (EXIT_BAD_INPUT, "inspection.distributed", "ClusterEnvironmentError"),  # workers with other software
+    (EXIT_BAD_INPUT, "inspection.distributed", "ClusterConnectionError"),  # --dask: no scheduler at the address
     (EXIT_INSTRUMENT, "drivers.errors", "InstrumentError"),
     (EXIT_INSTRUMENT, "inspection.alignment", "AlignmentError"),
 )
@@ -207,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
             "plmapper batch lots/L1.toml",
             "plmapper batch lots/L1.csv --lot L1 --recipe resources/recipes/demo-2in.toml --out-dir scans/L1",
             "plmapper batch lots/L1.toml --resume --json > L1-summary.json",
+            "plmapper batch lots/L1.toml --dask tcp://10.0.0.5:8786   (analyses on a cluster while the next wafer "
+            "is scanned)",
         ],
     )
     batch.add_argument("plan", type=Path, help="the lot: TOML or CSV plan file")
@@ -223,6 +227,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--confirm-load", action="store_true", help="wait for Enter before each wafer (manual loading)")
     batch.add_argument("--memory-mb", type=float, default=512.0, help="analysis memory bound (default: %(default)s)")
     batch.add_argument("--no-classify", action="store_true", help="scan and analyse only")
+    _cluster_arguments(batch, "analyse each wafer")
     _classifier_arguments(batch)
     batch.add_argument("--summary", type=Path, help="also write the summary as JSON to this file")
     _json_argument(batch)
@@ -235,14 +240,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the PL pipeline on scan files: per-chip intensity, efficiency ratio, neighbour ratio and "
         "spectrum fits, stored in each file's /results group (earlier results are replaced), then classify them "
         "(unless --no-classify).",
-        examples=["plmapper analyze scans/W01.h5 scans/W02.h5", "plmapper analyze scans/*.h5 --no-classify --json"],
+        examples=[
+            "plmapper analyze scans/W01.h5 scans/W02.h5",
+            "plmapper analyze scans/*.h5 --no-classify --json",
+            "plmapper analyze scans/L1/*.h5 --workers 2   (a local Dask cluster of 2 worker processes)",
+            "plmapper analyze scans/W8IN.h5 --dask tcp://10.0.0.5:8786 --tiles 0   (one wafer spread over a cluster)",
+        ],
     )
     analyze.add_argument("files", type=Path, nargs="+", help="scan files (HDF5)")
     analyze.add_argument("--memory-mb", type=float, default=512.0, help="working memory bound (default: %(default)s)")
     analyze.add_argument("--no-classify", action="store_true", help="per-chip measurements only, no defect classes")
-    spread = analyze.add_mutually_exclusive_group()
-    spread.add_argument("--workers", type=int, help="analyse on a local Dask cluster of N worker processes")
-    spread.add_argument("--dask", metavar="ADDRESS", help="analyse on an existing Dask cluster (tcp://host:8786)")
+    _cluster_arguments(analyze, "analyse")
     _classifier_arguments(analyze)
     _json_argument(analyze)
     analyze.set_defaults(run=_analyze)
@@ -585,6 +593,51 @@ def _history_arguments(parser: argparse.ArgumentParser) -> None:
     _json_argument(parser)
 
 
+def _cluster_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    spread = parser.add_mutually_exclusive_group()
+    spread.add_argument("--workers", type=int, metavar="N", help=f"{what} on a local Dask cluster of N processes")
+    spread.add_argument("--dask", metavar="ADDRESS", help=f"{what} on an existing Dask cluster (tcp://host:8786)")
+    parser.add_argument(
+        "--tiles",
+        default=None,
+        metavar="auto|off|N",
+        help="on a cluster, spread big wafers tile by tile over the workers: auto (default: wafers of 50 M chips "
+        "and more, when fewer wafers than workers are being analysed), off (never; on NFS), or N (every wafer of "
+        "at least N usable chips, e.g. 20M; 0: every wafer)",
+    )
+
+
+def _cluster_settings(args: argparse.Namespace) -> Any:
+    """``--workers`` / ``--dask`` / ``--tiles`` as :class:`inspection.distributed.ClusterSettings`, None without a
+    cluster. Raises ValueError with a message for the user."""
+    if args.workers is None and args.dask is None:
+        if args.tiles is not None:
+            raise ValueError("--tiles: only with --workers N or --dask ADDRESS (tiles are spread over a cluster)")
+        return None
+    from inspection.distributed import ClusterSettings, parse_tiles
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: {args.workers} must be at least 1")
+    tiles, tile_min_chips = parse_tiles(args.tiles or "auto")
+    return ClusterSettings(scheduler=args.dask, workers=args.workers, tiles=tiles, tile_min_chips=tile_min_chips)
+
+
+def _describe_cluster(cluster: Any) -> str:
+    """Where the analyses run and what is tiled, for the user (a ClusterSettings)."""
+    where = f"the Dask cluster at {cluster.scheduler}" if cluster.scheduler else "a local Dask cluster"
+    if cluster.workers:
+        where += f" of {cluster.workers} worker processes"
+    if cluster.tiles is None:
+        tiles = "big wafers tiled when workers are free"
+    elif cluster.tiles is False:
+        tiles = "no tiles"
+    elif cluster.tile_min_chips == 0:
+        tiles = "every wafer tiled"
+    else:
+        tiles = f"wafers of {cluster.tile_min_chips:,} chips and more tiled"
+    return f"{where} ({tiles})"
+
+
 def _classifier_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", type=Path, help="model file (default: the station's deployed model)")
@@ -781,6 +834,7 @@ def _batch(args: argparse.Namespace) -> int:
     check_plan(plan, resume=args.resume)  # before anything else: every problem of the plan at once
     try:
         settings = AnalysisSettings(memory_mb=args.memory_mb)
+        cluster = _cluster_settings(args)
     except ValueError as error:
         print(f"plmapper: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -789,6 +843,8 @@ def _batch(args: argparse.Namespace) -> int:
     if not quiet:
         described = "no classification" if options is None else _describe_classifier(options)
         print(f"lot {plan.lot_id}: {len(plan.wafers)} wafers; classifier: {described}", flush=True)
+        if cluster is not None:
+            print(f"analyses on {_describe_cluster(cluster)}, each wafer while the next is scanned", flush=True)
     stop = threading.Event()
     engines: list[Any] = []
     stage = {"now": ""}
@@ -816,7 +872,7 @@ def _batch(args: argparse.Namespace) -> int:
             return
         shown = f", yield {result.yield_fraction:.2%}" if result.yield_fraction is not None else ""
         reason = f" ({result.stage}: {result.message})" if result.status not in ("ok", "skipped") else ""
-        print(f"  -> {result.status}{shown}{reason}", flush=True)
+        print(f"  -> {result.wafer_id}: {result.status}{shown}{reason}", flush=True)
 
     def stop_lot() -> str | None:
         stop.set()
@@ -847,6 +903,7 @@ def _batch(args: argparse.Namespace) -> int:
             hooks=hooks,
             stop=stop,
             record=recorder,
+            cluster=cluster,
         )
     recorder.close()
     document = result.to_json()
@@ -874,6 +931,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
     try:
         settings = AnalysisSettings(memory_mb=args.memory_mb)
+        cluster = _cluster_settings(args)
     except ValueError as error:
         print(f"plmapper: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -882,8 +940,8 @@ def _analyze(args: argparse.Namespace) -> int:
     quiet = args.json
     if options is not None and not quiet:
         print(f"classifier: {_describe_classifier(options)}")
-    if args.workers is not None or args.dask is not None:
-        return _analyze_on_dask(args, settings, options)
+    if cluster is not None:
+        return _analyze_on_dask(args, settings, options, cluster)
     recorder = _recorder()
     failed, unusable = 0, 0
     report: list[dict[str, Any]] = []
@@ -936,40 +994,65 @@ def _analyze(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if unusable else EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
-def _analyze_on_dask(args: argparse.Namespace, settings: Any, options: Any) -> int:
-    """``analyze --workers N`` / ``--dask ADDRESS``: every wafer on a Dask cluster (docs/scale-out.md); the results
-    are bit-identical to the in-process loop's. The scan history is not written from this path yet."""
+def _analyze_on_dask(args: argparse.Namespace, settings: Any, options: Any, cluster: Any) -> int:
+    """``analyze --workers N`` / ``--dask ADDRESS`` [``--tiles``]: every wafer on a Dask cluster (docs/scale-out.md);
+    the results are bit-identical to the in-process loop's, and recorded in the scan history as it records them
+    (from this process, as each wafer's outcome comes back)."""
     from inspection.distributed import FailureKind, WaferProgress, analyze_many
 
-    if args.workers is not None and args.workers < 1:
-        print("plmapper: --workers must be at least 1", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    if not args.json:
+        print(f"analysing on {_describe_cluster(cluster)}", flush=True)
 
     def show(progress: WaferProgress) -> None:
         if progress.outcome is not None and not args.json:
             outcome = progress.outcome
             state = "ok" if outcome.ok else f"{outcome.failure.value}: {outcome.error}"
-            print(f"{outcome.path}: {state} ({outcome.seconds:.1f} s on {outcome.worker or 'a worker'})", flush=True)
+            how = f", {outcome.tiles} tiles" if outcome.tiles else ""
+            print(f"{outcome.path}: {state} ({outcome.seconds:.1f} s on {outcome.worker or 'a worker'}{how})")
+            if outcome.classification is not None:
+                summary = outcome.classification
+                shown = ", ".join(f"{name} {chips:,}" for _, name, _, chips in summary.bins if chips)
+                print(f"  yield {summary.yield_fraction:.2%}; {shown}; wafer signature: {summary.signature}")
+            sys.stdout.flush()
 
-    outcomes = analyze_many(
-        args.files,
-        scheduler=args.dask,
-        workers=args.workers,
-        classify=options is not None,
-        settings=settings,
-        classify_options=options,
-        progress=show,
-    )
-    if args.json:
-        _print_json(
-            {
-                "files": [
-                    {"path": str(o.path), "status": "ok" if o.ok else "failed", "error": o.error or None}
-                    for o in outcomes
-                ]
-            }
+    recorder = _recorder()
+    try:
+        outcomes = analyze_many(
+            args.files,
+            scheduler=cluster.scheduler,
+            workers=cluster.workers,
+            classify=options is not None,
+            settings=settings,
+            classify_options=options,
+            tiles=cluster.tiles,
+            tile_min_chips=cluster.tile_min_chips,
+            progress=show,
+            record=recorder,
         )
+    finally:
+        recorder.close()
+    if args.json:
+        files = []
+        for outcome in outcomes:
+            summary = outcome.classification
+            value = None if summary is None or math.isnan(summary.yield_fraction) else summary.yield_fraction
+            files.append(
+                {
+                    "path": str(outcome.path),
+                    "status": "ok" if outcome.ok else "failed",
+                    "error": outcome.error or None,
+                    "failure": None if outcome.ok else outcome.failure.value,
+                    "yield": value,
+                    "signature": None if summary is None else summary.signature,
+                    "tiles": outcome.tiles,
+                    "worker": outcome.worker or None,
+                    "seconds": round(outcome.seconds, 3),
+                }
+            )
+        _print_json({"classifier": None if options is None else _describe_classifier(options), "files": files})
     kinds = {outcome.failure for outcome in outcomes if not outcome.ok}
+    if FailureKind.STOPPED in kinds:
+        return EXIT_INTERRUPTED
     if FailureKind.INPUT in kinds:
         return EXIT_BAD_INPUT
     return EXIT_CHECK_FAILED if kinds else EXIT_OK

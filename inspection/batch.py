@@ -32,6 +32,14 @@ Plan files (relative paths are relative to the plan file)::
 A wafer's outcome (:class:`WaferResult`): ``ok`` (scanned, analysed, classified), ``skipped`` (already done,
 ``resume``), ``failed`` (``stage`` says where: scan, analysis or classification; ``message`` why), ``stopped``
 (Ctrl-C), ``not started`` (after a stop, or when the station could not be reached at all).
+
+On a Dask cluster (``run_batch(..., cluster=ClusterSettings(...))``, ``plmapper batch --workers N | --dask
+ADDRESS``) each wafer's analysis and classification go to an :class:`inspection.distributed.AnalysisPool` as soon
+as its scan is complete, and the station scans the next wafer meanwhile: the scan needs the station, the analysis
+only the scan file. The results are the in-process results bit for bit; a wafer whose analysis fails is reported
+for that wafer (``failed``, stage analysis or classification) and the lot goes on; the scan history gets the same
+records as in process, written by this process when each wafer's outcome is back. ``wafer_done`` is then called
+when a wafer's analysis is done, which may be while a later wafer is being scanned.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 
@@ -61,6 +69,9 @@ from inspection.recipe import load_recipe
 from inspection.scan import ScanEngine, ScanProgress
 from inspection.scanfile import ScanFileError, ScanStatus
 from inspection.settings import SettingsError, load_toml
+
+if TYPE_CHECKING:
+    from inspection.distributed import AnalysisPool, ClusterSettings, WaferOutcome, WaferProgress
 
 __all__ = [
     "BatchHooks",
@@ -379,7 +390,7 @@ class BatchHooks:
     on_progress: Callable[[ScanProgress], None] | None = None
     on_engine: Callable[[ScanEngine], None] | None = None
     analysis_progress: Callable[[str, float, str], None] | None = None  # (stage, fraction, message)
-    wafer_done: Callable[[WaferResult], None] | None = None
+    wafer_done: Callable[[WaferResult], None] | None = None  # on a cluster: when the wafer's analysis is back
 
 
 class _StationSession:
@@ -415,6 +426,7 @@ def run_batch(
     hooks: BatchHooks | None = None,
     stop: threading.Event | None = None,
     record: Recorder | bool = True,
+    cluster: ClusterSettings | None = None,
 ) -> BatchResult:
     """Scan, analyse and classify every wafer of ``plan`` in turn; a failed wafer does not stop the lot.
 
@@ -430,12 +442,19 @@ def run_batch(
         False stops after the analysis.
     stop
         Set it (from another thread, or a Ctrl-C handler that also aborts the engine) to stop after the current
-        wafer's scan: the wafer is ``stopped``, the rest ``not started``.
+        wafer's scan: the wafer is ``stopped``, the rest ``not started``. Analyses already on a cluster finish.
+    cluster
+        Analyse and classify on Dask (:class:`inspection.distributed.ClusterSettings`: a local cluster of
+        ``workers`` processes, or an existing one at ``scheduler``; the tiling of big wafers), each wafer as soon
+        as its scan is complete, while the next one is scanned; None (default): in this process, one wafer after
+        the other.
 
     Raises
     ------
     SettingsError
         The plan does not pass :func:`check_plan` (nothing was started).
+    inspection.distributed.ClusterEnvironmentError, inspection.distributed.ClusterConnectionError
+        The cluster's workers run other software, or its scheduler cannot be reached (nothing was started).
     """
     check_plan(plan, resume=resume)
     if isinstance(station, StationConfig):
@@ -456,7 +475,17 @@ def run_batch(
         recorder=recorder,
     )
     try:
-        return runner.run()
+        if cluster is None:
+            return runner.run()
+        with cluster.pool(
+            classify=classify,
+            settings=analysis,
+            classify_options=classifier if classify else None,
+            progress=runner.cluster_progress,
+            record=recorder,
+        ) as pool:
+            runner.pool = pool
+            return runner.run()
     finally:
         if recorder is not record:
             recorder.close()
@@ -472,6 +501,9 @@ class _LotRunner:
     hooks: BatchHooks
     stop: threading.Event
     recorder: Recorder
+    pool: AnalysisPool | None = None  # analyses on a Dask cluster (None: in this process)
+    pending: dict[Path, tuple[WaferResult, float]] = field(default_factory=dict)  # on the cluster: (result, scan s)
+    waiting: bool = False  # every scan is done: the cluster's progress is reported
 
     def run(self) -> BatchResult:
         plan, hooks = self.plan, self.hooks
@@ -493,10 +525,16 @@ class _LotRunner:
                     outcome.status, outcome.message = "stopped", "stopped by Ctrl-C"
                     result.stopped = True
                 outcome.seconds = time.monotonic() - wafer_started
-                if hooks.wafer_done is not None:
+                key = outcome.path.absolute()
+                if key in self.pending:  # on the cluster: its scan time so far
+                    self.pending[key] = (outcome, outcome.seconds)
+                elif hooks.wafer_done is not None:
                     hooks.wafer_done(outcome)
+                if self.pool is not None:
+                    self.collect(self.pool.poll())
                 if result.stopped:
                     break
+            self.wait_for_cluster()
         finally:
             self.session.reset()
             result.stopped = result.stopped or self.stop.is_set()
@@ -517,6 +555,10 @@ class _LotRunner:
         else:
             outcome.scan_status = previous[0]
         outcome.stage = "analysis"
+        if self.pool is not None:  # the station is free for the next wafer while the cluster analyses this one
+            self.pool.submit(wafer.out)
+            self.pending[wafer.out.absolute()] = (outcome, 0.0)
+            return
         report = self.hooks.analysis_progress or (lambda stage, fraction, message: None)
         try:
             api.analyze(
@@ -539,6 +581,52 @@ class _LotRunner:
                 return
             _classification_outcome(outcome, classification)
         outcome.status, outcome.stage = "ok", ""
+
+    def collect(self, outcomes: list[WaferOutcome]) -> None:
+        """Fill in the results of wafers whose analysis came back from the cluster."""
+        from inspection.distributed import FailureKind  # noqa: PLC0415 (Dask only for lots on a cluster)
+
+        for analysed in outcomes:
+            outcome, scan_seconds = self.pending.pop(analysed.path)
+            outcome.seconds = scan_seconds + analysed.seconds
+            if analysed.ok:
+                if analysed.classification is not None:
+                    _summary_outcome(outcome, analysed.classification)
+                outcome.status, outcome.stage, outcome.message = "ok", "", ""
+            else:
+                outcome.stage = "analysis" if analysed.analysis is None else "classification"
+                outcome.status = "stopped" if analysed.failure == FailureKind.STOPPED else "failed"
+                outcome.message = analysed.error.removeprefix(f"{outcome.stage}: ")
+            if self.hooks.wafer_done is not None:
+                self.hooks.wafer_done(outcome)
+
+    def wait_for_cluster(self) -> None:
+        """Every scan is done (or the lot stopped): wait for the analyses still on the cluster. After a Ctrl-C (one
+        that interrupted a scan, or one now) the rest are left ``stopped``: their scans are complete and closing
+        the pool leaves their files as they were, so ``--resume`` analyses them."""
+        if self.pool is None:
+            return
+        self.waiting = True
+        try:
+            while self.pending and not self.result.stopped:
+                self.collect(self.pool.poll())
+                if self.pending:
+                    time.sleep(0.1)
+        except KeyboardInterrupt:
+            self.result.stopped = True
+        if self.pending:
+            self.collect(self.pool.poll())  # what has finished meanwhile is kept
+            for outcome, _ in self.pending.values():
+                outcome.status, outcome.message = "stopped", "analysis stopped by Ctrl-C (the scan is complete)"
+                if self.hooks.wafer_done is not None:
+                    self.hooks.wafer_done(outcome)
+            self.pending.clear()
+
+    def cluster_progress(self, message: WaferProgress) -> None:
+        """The cluster's progress, shown once every scan is done (the scan's progress is shown until then)."""
+        entry = self.pending.get(message.path)
+        if self.waiting and entry is not None and message.outcome is None and self.hooks.analysis_progress:
+            self.hooks.analysis_progress("analysis", message.fraction, f"{entry[0].wafer_id}: {message.message}")
 
     def scan(self, wafer: BatchWafer, outcome: WaferResult, *, resume: bool) -> bool:
         """Scan (or resume) one wafer; True when its scan is complete."""
@@ -604,6 +692,14 @@ def _read_outcome(outcome: WaferResult) -> None:
     classification = read_classification(outcome.path)
     if classification is not None:
         _classification_outcome(outcome, classification)
+
+
+def _summary_outcome(outcome: WaferResult, summary: Any) -> None:
+    """Yield, bins and signature of a classification done on a cluster (a ClassificationSummary)."""
+    value = summary.yield_fraction
+    outcome.yield_fraction = None if math.isnan(value) else float(value)  # NaN: nothing inspected
+    outcome.bins = {name: chips for _, name, _, chips in summary.bins if chips}
+    outcome.signature = summary.signature
 
 
 def _classification_outcome(outcome: WaferResult, classification: Any) -> None:

@@ -48,6 +48,14 @@ lock and the scan itself is finished) and starts over; the previous ``/results``
 are complete, as in the single-process pipeline. SWMR needs POSIX write ordering: local disks, Lustre, GPFS and
 CephFS give it; on NFS set ``tiles=False`` (per-wafer tasks never share a file).
 
+Scan history
+------------
+The workers never open the scan history (SQLite in WAL mode wants a local disk). With ``record=`` a
+:class:`inspection.history.Recorder`, the caller records each wafer as the in-process commands do, once its
+outcome is back (:func:`record_outcome`): an analysis operation with the passes' figures, then a classification
+with its yield and bins, carrying the worker's start and end times. ``plmapper analyze --workers|--dask`` and
+``plmapper batch --workers|--dask`` do.
+
 Example (not run as a doctest: it starts worker processes)::
 
     from inspection.distributed import analyze_many
@@ -66,6 +74,7 @@ import importlib.metadata
 import os
 import platform
 import queue
+import re
 import sys
 import threading
 import time
@@ -84,6 +93,7 @@ import numpy as np
 from distributed import Client, Event, LocalCluster, as_completed, get_worker, worker_client
 
 from inspection.classify import Classification, ClassifyOptions, classify_scan
+from inspection.history import ClassificationRecord, Recorder, utc_now
 from inspection.memory import retain_freed_memory
 from inspection.pipeline import (
     CHIP_DTYPE,
@@ -113,12 +123,16 @@ __all__ = [
     "DEFAULT_TILE_MIN_CHIPS",
     "AnalysisPool",
     "ClassificationSummary",
+    "ClusterConnectionError",
     "ClusterEnvironmentError",
+    "ClusterSettings",
     "FailureKind",
     "WaferOutcome",
     "WaferProgress",
     "analyze_many",
     "default_tile_rows",
+    "parse_tiles",
+    "record_outcome",
 ]
 
 DEFAULT_TILE_MIN_CHIPS = 50_000_000
@@ -160,11 +174,15 @@ class ClusterEnvironmentError(RuntimeError):
         self.stale_here = stale_here
 
 
+class ClusterConnectionError(OSError):
+    """The scheduler of an existing cluster cannot be reached at the address given."""
+
+
 @dataclass(frozen=True)
 class ClassificationSummary:
     """What a classification found, without its maps (they stay in the file's ``/classification``)."""
 
-    bins: tuple[tuple[int, str, int], ...]  # (bin code, bin name, chips) for each bin of the bin table
+    bins: tuple[tuple[int, str, bool, int], ...]  # (bin code, bin name, fail, chips) for each bin of the bin table
     yield_fraction: float
     signature: str
     structures: int
@@ -175,12 +193,27 @@ class ClassificationSummary:
     def of(cls, classification: Classification) -> ClassificationSummary:
         counts = classification.bin_counts()
         return cls(
-            bins=tuple((entry.code, entry.name, counts[entry.code]) for entry in classification.bin_table.bins),
+            bins=tuple(
+                (entry.code, entry.name, bool(entry.fail), int(counts[entry.code]))
+                for entry in classification.bin_table.bins
+            ),
             yield_fraction=classification.yield_fraction(),
             signature=classification.signature,
             structures=len(classification.structures),
             classifier=dict(classification.classifier),
             warnings=tuple(classification.drift.get("warnings", [])),
+        )
+
+    def record(self) -> ClassificationRecord:
+        """What the scan history keeps of it (as :func:`inspection.history.classification_record` of the whole
+        classification gives in process)."""
+        return ClassificationRecord(
+            yield_fraction=None if np.isnan(self.yield_fraction) else float(self.yield_fraction),
+            bins=self.bins,
+            classifier_kind=str(self.classifier.get("kind", "")),
+            classifier_name=str(self.classifier.get("name", "")),
+            model_id=self.classifier.get("model_id"),
+            signature=str(self.signature),
         )
 
 
@@ -197,6 +230,9 @@ class WaferOutcome:
     tiles: int = 0  # bands of chip rows done by tasks of their own (0: the whole wafer in one task)
     worker: str = ""  # the worker that ran (or coordinated) the wafer
     seconds: float = 0.0
+    started_utc: str = ""  # when the task started, by the worker's clock ("" when the task was lost)
+    analysed_utc: str = ""  # when the analysis ended (and the classification started)
+    finished_utc: str = ""  # when the task ended
 
     @property
     def ok(self) -> bool:
@@ -216,6 +252,91 @@ class WaferProgress:
 ProgressHandler = Callable[[WaferProgress], None]
 
 
+def _check_cluster_options(
+    scheduler: str | Any | None, workers: int | None, tile_min_chips: int, tile_rows: int | None
+) -> None:
+    if workers is not None and scheduler is not None:
+        raise ValueError("workers: sets the size of a local cluster; an existing cluster has its own workers")
+    if workers is not None and not 1 <= workers <= 1024:
+        raise ValueError(f"workers: {workers!r} is outside 1..1024")
+    if tile_rows is not None and tile_rows < 1:
+        raise ValueError(f"tile_rows: {tile_rows!r} must be at least 1")
+    if tile_min_chips < 0:
+        raise ValueError(f"tile_min_chips: {tile_min_chips!r} must be at least 0")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where and how wafers are analysed on Dask (e.g. a lot's, :func:`inspection.batch.run_batch`): the
+    :class:`AnalysisPool` parameters that do not depend on the wafers. ``scheduler`` None and ``workers`` None: a
+    local cluster of one worker process per CPU.
+
+    Raises
+    ------
+    ValueError
+        ``workers`` with a ``scheduler``, or a value out of range (as :class:`AnalysisPool`).
+    """
+
+    scheduler: str | None = None
+    workers: int | None = None
+    tiles: bool | None = None
+    tile_min_chips: int = DEFAULT_TILE_MIN_CHIPS
+    tile_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_cluster_options(self.scheduler, self.workers, self.tile_min_chips, self.tile_rows)
+
+    def pool(self, **options: Any) -> AnalysisPool:
+        """An :class:`AnalysisPool` with these settings; ``options`` are its other parameters (``classify``,
+        ``settings``, ``classify_options``, ``progress``, ``record``)."""
+        return AnalysisPool(
+            scheduler=self.scheduler,
+            workers=self.workers,
+            tiles=self.tiles,
+            tile_min_chips=self.tile_min_chips,
+            tile_rows=self.tile_rows,
+            **options,
+        )
+
+
+_CHIP_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
+
+
+def parse_tiles(text: str) -> tuple[bool | None, int]:
+    """The command line's ``--tiles`` choice as the ``(tiles, tile_min_chips)`` of :func:`analyze_many` and
+    :class:`AnalysisPool`.
+
+    * ``auto``: ``(None, DEFAULT_TILE_MIN_CHIPS)``: wafers of at least 50 M usable chips (8" wafers) are tiled when
+      fewer wafers than workers are being analysed (otherwise every worker has a wafer of its own);
+    * ``off``: ``(False, DEFAULT_TILE_MIN_CHIPS)``: never (per-wafer tasks only; on NFS);
+    * a chip count ``N`` (``20000000``, ``20M``, ``500k``; ``0`` for every wafer): ``(True, N)``: every wafer of at
+      least ``N`` usable chips is tiled, however many wafers there are.
+
+    >>> parse_tiles("auto"), parse_tiles("off"), parse_tiles("20M"), parse_tiles("0")
+    ((None, 50000000), (False, 50000000), (True, 20000000), (True, 0))
+
+    Raises
+    ------
+    ValueError
+        Anything else, with what is allowed.
+    """
+    chosen = text.strip().lower()
+    if chosen == "auto":
+        return None, DEFAULT_TILE_MIN_CHIPS
+    if chosen == "off":
+        return False, DEFAULT_TILE_MIN_CHIPS
+    match = _CHIP_COUNT.match(text)
+    if match is None:
+        raise ValueError(
+            f"tiles: {text!r} is not auto, off or a chip count (a whole number of usable chips from which a wafer "
+            "is tiled, e.g. 20M, 500k or 0 for every wafer)"
+        )
+    value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()]
+    if value != round(value):
+        raise ValueError(f"tiles: {text!r} is not a whole number of chips")
+    return True, round(value)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The caller's side
 # ---------------------------------------------------------------------------------------------------------------------
@@ -233,6 +354,7 @@ def analyze_many(
     tile_min_chips: int = DEFAULT_TILE_MIN_CHIPS,
     tile_rows: int | None = None,
     progress: ProgressHandler | None = None,
+    record: Recorder | None = None,
 ) -> list[WaferOutcome]:
     """Analyse (and classify) scan files on a Dask cluster; one outcome per file, in the order given.
 
@@ -262,6 +384,10 @@ def analyze_many(
     progress
         Called in the caller's thread with each :class:`WaferProgress`, the last one of a wafer carrying its
         outcome.
+    record
+        Record each wafer in this scan history (:class:`inspection.history.Recorder`) as the in-process
+        ``plmapper analyze`` does, from the caller's side once its outcome is back (:func:`record_outcome`); None
+        (default) records nothing.
 
     Raises
     ------
@@ -269,8 +395,8 @@ def analyze_many(
         The workers run other software than this process.
     ValueError
         ``workers`` with a scheduler address, or a setting out of range.
-    OSError
-        The scheduler cannot be reached.
+    ClusterConnectionError
+        The scheduler cannot be reached (an ``OSError``).
     """
     unique = list(dict.fromkeys(Path(path).absolute() for path in paths))
     with AnalysisPool(
@@ -283,6 +409,7 @@ def analyze_many(
         tile_min_chips=tile_min_chips,
         tile_rows=tile_rows,
         progress=progress,
+        record=record,
     ) as pool:
         for path in unique:
             pool.submit(path, tiles=tiles if tiles is not None else len(unique) < pool.worker_count)
@@ -313,18 +440,14 @@ class AnalysisPool:
         tile_min_chips: int = DEFAULT_TILE_MIN_CHIPS,
         tile_rows: int | None = None,
         progress: ProgressHandler | None = None,
+        record: Recorder | None = None,
     ) -> None:
-        if workers is not None and scheduler is not None:
-            raise ValueError("workers: sets the size of a local cluster; an existing cluster has its own workers")
-        if workers is not None and not 1 <= workers <= 1024:
-            raise ValueError(f"workers: {workers!r} is outside 1..1024")
-        if tile_rows is not None and tile_rows < 1:
-            raise ValueError(f"tile_rows: {tile_rows!r} must be at least 1")
-        if tile_min_chips < 0:
-            raise ValueError(f"tile_min_chips: {tile_min_chips!r} must be at least 0")
+        _check_cluster_options(scheduler, workers, tile_min_chips, tile_rows)
         self._settings = settings or AnalysisSettings()
         self._tiles, self._tile_min_chips, self._tile_rows = tiles, tile_min_chips, tile_rows
         self._progress = progress
+        self._recorder = record
+        self._classifier: str | None = None  # how the wafers are classified, as the history records it
         self._messages: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._topic = f"plmapper-progress-{uuid.uuid4().hex}"
         self._stop_name = f"plmapper-stop-{uuid.uuid4().hex}"
@@ -340,6 +463,10 @@ class AnalysisPool:
             self._client.subscribe_topic(self._topic, lambda event: self._messages.put(event[1]))
             self._stack.callback(self._client.unsubscribe_topic, self._topic)
             options = (classify_options or ClassifyOptions()) if classify else None
+            if options is not None:
+                from inspection.api import describe_classifier  # noqa: PLC0415 (the caller's side only)
+
+                self._classifier = describe_classifier(options)
             # sent once; each worker fetches it once (a model can be tens of MB)
             self._options = self._client.scatter(options, hash=False) if options is not None else None
         except BaseException:
@@ -436,6 +563,8 @@ class AnalysisPool:
         future.release()
         del self._futures[path]
         self._outcomes[path] = outcome
+        if self._recorder is not None:
+            record_outcome(self._recorder, outcome, classifier=self._classifier)
         return outcome
 
     def _drain(self) -> None:
@@ -449,6 +578,64 @@ class AnalysisPool:
     def _report(self, message: WaferProgress) -> None:
         if self._progress is not None:
             self._progress(message)
+
+
+def record_outcome(recorder: Recorder, outcome: WaferOutcome, *, classifier: str | None) -> None:
+    """Write a wafer's outcome into the scan history as the in-process analysis and classification would have
+    (:func:`inspection.api.analyze`, :func:`inspection.api.classify`): an ``analysis`` operation (``ok`` with the
+    pass details, or ``failed`` / ``stopped`` with the error), then, if the wafer was to be classified
+    (``classifier``: its description, None when not) and its analysis succeeded, a ``classification`` operation
+    whose yield and bins become the scan's current ones. The operations carry the worker's start and end times;
+    their details also name the worker and the number of tiles. A file the history cannot read (missing, not a
+    scan) is not recorded, as in process; the recorder never raises (it warns once and stops recording)."""
+    from inspection.api import analysis_details  # noqa: PLC0415 (the caller's side only)
+
+    now = utc_now()
+    started, analysed, finished = (outcome.started_utc or now, outcome.analysed_utc or now, outcome.finished_utc or now)
+    status = "stopped" if outcome.failure is FailureKind.STOPPED else "failed"
+    where = {"worker": outcome.worker, "tiles": outcome.tiles}
+    if outcome.analysis is None:
+        recorder.add_operation(
+            outcome.path,
+            "analysis",
+            status,
+            started_utc=started,
+            finished_utc=finished,
+            message=outcome.error,
+            details=where,
+        )
+        return
+    details = {**analysis_details(outcome.analysis), **where}
+    recorder.add_operation(outcome.path, "analysis", "ok", started_utc=started, finished_utc=analysed, details=details)
+    if classifier is None:
+        return
+    summary = outcome.classification
+    if summary is None:
+        recorder.add_operation(
+            outcome.path,
+            "classification",
+            status,
+            started_utc=analysed,
+            finished_utc=finished,
+            message=outcome.error,
+            details={"classifier": classifier, **where},
+        )
+        return
+    details = {
+        "classifier": classifier,
+        "structures": summary.structures,
+        "warnings": list(summary.warnings),
+        **where,
+    }
+    recorder.add_operation(
+        outcome.path,
+        "classification",
+        "ok",
+        started_utc=analysed,
+        finished_utc=finished,
+        details=details,
+        classification=summary.record(),
+    )
 
 
 def _final_message(outcome: WaferOutcome) -> str:
@@ -476,7 +663,10 @@ def _connect(scheduler: str | Any | None, workers: int | None) -> Iterator[Any]:
     try:
         client = Client(scheduler, set_as_default=False, timeout="20s")
     except (OSError, TimeoutError) as error:
-        raise OSError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+        raise ClusterConnectionError(
+            f"cannot reach the Dask scheduler at {scheduler}: {error} (is `dask scheduler` running there, and the "
+            "port open? docs/scale-out.md)"
+        ) from None
     with client:
         yield client
 
@@ -633,25 +823,34 @@ def _wafer_task(
     stop: str,
 ) -> WaferOutcome:
     """Analyse (and classify) one wafer; every error becomes the outcome's failure."""
-    started = time.perf_counter()
+    started, started_utc = time.perf_counter(), utc_now()
     retain_freed_memory()  # as the command line does; Dask's workers are started with MALLOC_TRIM_THRESHOLD_=64k
     path = Path(path_text)
     worker = get_worker().address
     send = _Messenger(topic, path_text, stop)
     analysed = 0.8 if options is not None else 1.0
     summary: AnalysisSummary | None = None
-    tiles = 0
+    tiles, analysed_utc = 0, ""
     try:
         send.send(0.0, f"started on {worker}", force=True)
         if tile_min_chips is not None and _usable_chips(path) >= tile_min_chips:
             summary, tiles = _analyze_tiled(path, settings, tile_rows, send.part(0.0, analysed))
         else:
             summary = analyze_scan(path, settings, progress=send.part(0.0, analysed))
+        analysed_utc = utc_now()
         classification = None
         if options is not None:
             classification = ClassificationSummary.of(classify_scan(path, options, progress=send.part(analysed, 1.0)))
         return WaferOutcome(
-            path, summary, classification, tiles=tiles, worker=worker, seconds=time.perf_counter() - started
+            path,
+            summary,
+            classification,
+            tiles=tiles,
+            worker=worker,
+            seconds=time.perf_counter() - started,
+            started_utc=started_utc,
+            analysed_utc=analysed_utc,
+            finished_utc=utc_now(),
         )
     except _Stopped as stopped:
         failure, message, details = FailureKind.STOPPED, str(stopped), ""
@@ -672,6 +871,9 @@ def _wafer_task(
         tiles=tiles,
         worker=worker,
         seconds=time.perf_counter() - started,
+        started_utc=started_utc,
+        analysed_utc=analysed_utc,
+        finished_utc=utc_now(),
     )
 
 

@@ -1,10 +1,11 @@
 """Scan history: an embedded SQLite database of every scan, analysis, classification and import on the station.
 
 ``plmapper scan``, ``batch``, ``analyze``, ``classify``, ``import`` and ``probe`` (and the Python API,
-:mod:`inspection.api`) record what they do here; ``plmapper history`` and the GUI query it: list and search scans,
-lot summaries, yield trends per recipe. The database is ``$PLMAPPER_HOME/history.sqlite`` (the station's data
-directory, :func:`inspection.home.station_home`), or the file ``$PLMAPPER_HISTORY`` names (``off`` records
-nothing). Documented in docs/history.md.
+:mod:`inspection.api`) record what they do here (analyses on a Dask cluster are recorded by the process that asked
+for them once each outcome is back: :meth:`History.add_operation`, :func:`inspection.distributed.record_outcome`);
+``plmapper history`` and the GUI query it: list and search scans, lot summaries, yield trends per recipe. The
+database is ``$PLMAPPER_HOME/history.sqlite`` (the station's data directory, :func:`inspection.home.station_home`),
+or the file ``$PLMAPPER_HISTORY`` names (``off`` records nothing). Documented in docs/history.md.
 
 Schema (version 3)::
 
@@ -121,6 +122,7 @@ def utc_now() -> str:
 
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([dhw])\s*$")
+_UTC_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 
 def parse_time(text: str, *, end_of_day: bool = False) -> str:
@@ -717,44 +719,42 @@ class History:
         """The operation finished (``ok``), failed (``failed``, ``message`` says why) or was stopped (``stopped``).
         A classification's yield and bins become its scan's current ones."""
         with self._write() as db:
-            db.execute(
-                "UPDATE operations SET status = ?, finished_utc = ?, message = ?, "
-                "details_json = COALESCE(?, details_json) WHERE id = ?",
-                (status, utc_now(), message, None if details is None else json.dumps(details), operation_id),
+            _finish_operation(
+                db, operation_id, status, utc_now(), message=message, details=details, classification=classification
             )
-            if classification is None:
-                return
-            record = classification
-            db.execute(
-                "UPDATE operations SET yield_fraction = ?, classifier_kind = ?, classifier_name = ?, model_id = ?, "
-                "signature = ? WHERE id = ?",
-                (
-                    record.yield_fraction,
-                    record.classifier_kind,
-                    record.classifier_name,
-                    record.model_id,
-                    record.signature,
-                    operation_id,
-                ),
+
+    def add_operation(
+        self,
+        scan_id: int,
+        kind: str,
+        status: str,
+        *,
+        started_utc: str,
+        finished_utc: str,
+        message: str = "",
+        details: dict[str, Any] | None = None,
+        classification: ClassificationRecord | None = None,
+    ) -> int:
+        """Record an operation that was done elsewhere and has finished (an analysis on a Dask worker, recorded by
+        the process that asked for it once its outcome is back), with its own start and end times; in one
+        transaction, so the history never shows it ``running``. Returns the operation's id.
+
+        Raises
+        ------
+        ValueError
+            An unknown ``kind``, or times not in the database's form (:func:`utc_now`, :func:`parse_time`).
+        """
+        if kind not in OPERATION_KINDS:
+            raise ValueError(f"operation kind {kind!r} is not one of {', '.join(OPERATION_KINDS)}")
+        for name, value in (("started_utc", started_utc), ("finished_utc", finished_utc)):
+            if not _UTC_TIME.match(value):
+                raise ValueError(f"{name}: {value!r} is not a UTC time like 2026-11-22T03:15:00Z")
+        with self._write() as db:
+            operation_id = _insert_operation(db, scan_id, kind, started_utc, details)
+            _finish_operation(
+                db, operation_id, status, finished_utc, message=message, details=details, classification=classification
             )
-            db.executemany(
-                "INSERT OR REPLACE INTO bin_counts (operation_id, code, name, fail, chips) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (operation_id, int(code), name, None if fail is None else int(fail), int(chips))
-                    for code, name, fail, chips in record.bins
-                ],
-            )
-            db.execute(
-                "UPDATE scans SET classification_id = ?, yield_fraction = ?, model_id = ?, model_name = ? "
-                "WHERE id = (SELECT scan_id FROM operations WHERE id = ?)",
-                (
-                    operation_id,
-                    record.yield_fraction,
-                    record.model_id,
-                    record.classifier_name if record.model_id else None,
-                    operation_id,
-                ),
-            )
+        return operation_id
 
     # -- batches -------------------------------------------------------------------------------------------------
     def begin_batch(self, lot_id: str, plan_path: str | Path, wafers: int) -> int:
@@ -947,6 +947,57 @@ def _insert_operation(
     )
 
 
+def _finish_operation(
+    db: sqlite3.Connection,
+    operation_id: int,
+    status: str,
+    finished_utc: str,
+    *,
+    message: str,
+    details: dict[str, Any] | None,
+    classification: ClassificationRecord | None,
+) -> None:
+    """End an operation; a classification's yield and bins become its scan's current ones."""
+    db.execute(
+        "UPDATE operations SET status = ?, finished_utc = ?, message = ?, "
+        "details_json = COALESCE(?, details_json) WHERE id = ?",
+        (status, finished_utc, message, None if details is None else json.dumps(details), operation_id),
+    )
+    if classification is None:
+        return
+    record = classification
+    db.execute(
+        "UPDATE operations SET yield_fraction = ?, classifier_kind = ?, classifier_name = ?, model_id = ?, "
+        "signature = ? WHERE id = ?",
+        (
+            record.yield_fraction,
+            record.classifier_kind,
+            record.classifier_name,
+            record.model_id,
+            record.signature,
+            operation_id,
+        ),
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO bin_counts (operation_id, code, name, fail, chips) VALUES (?, ?, ?, ?, ?)",
+        [
+            (operation_id, int(code), name, None if fail is None else int(fail), int(chips))
+            for code, name, fail, chips in record.bins
+        ],
+    )
+    db.execute(
+        "UPDATE scans SET classification_id = ?, yield_fraction = ?, model_id = ?, model_name = ? "
+        "WHERE id = (SELECT scan_id FROM operations WHERE id = ?)",
+        (
+            operation_id,
+            record.yield_fraction,
+            record.model_id,
+            record.classifier_name if record.model_id else None,
+            operation_id,
+        ),
+    )
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -1119,6 +1170,43 @@ class Recorder:
     def end_operation(self, operation_id: int | None, status: str, message: str = "", **extra: Any) -> None:
         if operation_id is not None:
             self._call("end_operation", operation_id, status, message, **extra)
+
+    def add_operation(
+        self,
+        path: str | Path,
+        kind: str,
+        status: str,
+        *,
+        started_utc: str,
+        finished_utc: str,
+        message: str = "",
+        details: dict[str, Any] | None = None,
+        classification: ClassificationRecord | None = None,
+    ) -> int | None:
+        """Record a finished operation on the scan file at ``path`` (registered first if the history does not know
+        it), with its own times: :meth:`History.add_operation`. None when nothing is recorded, also when ``path`` is
+        no readable scan file."""
+        if self.history is None:
+            return None
+        from inspection.scanfile import ScanFileError  # noqa: PLC0415 (as above)
+
+        try:
+            scan_id = self._call("register_scan_file", path)
+        except (FileNotFoundError, ScanFileError, OSError):
+            return None
+        if scan_id is None:
+            return None
+        return self._call(
+            "add_operation",
+            scan_id,
+            kind,
+            status,
+            started_utc=started_utc,
+            finished_utc=finished_utc,
+            message=message,
+            details=details,
+            classification=classification,
+        )
 
     @contextlib.contextmanager
     def operation(

@@ -1,17 +1,29 @@
 """Batch runs of a lot: plan files (TOML and CSV) and their checks, and a lot on the virtual station with a wafer
-that fails, its summary, exit code, history, and running the lot again with --resume."""
+that fails, its summary, exit code, history, and running the lot again with --resume; a lot whose analyses run on
+a Dask LocalCluster while the station scans (results bit-identical to in-process, a failing analysis reported for
+its wafer, the history as in process)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from app.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, main
+from drivers.virtual.profile import load_profile
+from drivers.virtual.synthetic import write_synthetic_scan
+from drivers.virtual.world import WaferWorld
 from inspection.batch import check_plan, load_batch_plan
-from inspection.history import History
+from inspection.classify import classify_scan, read_classification
+from inspection.history import History, classification_record
+from inspection.pipeline import analyze_scan
+from inspection.recipe import load_recipe
 from inspection.settings import SettingsError
+from inspection.wafer import Placement
+from tests.test_distributed import assert_bit_identical, stored
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
@@ -177,3 +189,66 @@ def test_a_lot_on_the_virtual_station(tmp_path: Path, home: Path, capsys) -> Non
     assert [(row[1], row[2]) for row in rows] == [("W01", "skipped"), ("W02", "ok"), ("W03", "skipped")]
     with History(home / "history.sqlite") as history:
         assert [wafer.wafer_id for wafer in history.lot_summary("LB1").wafers] == ["W01", "W02", "W03"]
+
+
+def misaligned_scan(path: Path) -> Path:
+    """A complete, unanalysed scan of a band of a demo wafer whose stored alignment is 0.4 pitch off: its analysis
+    fails with a RegistrationError, in process and on a cluster alike."""
+    profile = dataclasses.replace(load_profile(REPO / "resources" / "profiles" / "demo-2in.toml"), seed=34, name="W34")
+    placement = WaferWorld(profile).placement
+    wrong = Placement(placement.offset_x_um + 40.0, placement.offset_y_um, placement.rotation_deg)
+    recipe = load_recipe(REPO / "resources" / "recipes" / "demo-2in.toml")
+    return write_synthetic_scan(path, profile, recipe, lines=slice(900, 940), stored_placement=wrong)
+
+
+@pytest.mark.slow
+def test_a_lot_analysed_on_a_local_cluster(tmp_path: Path, home: Path, capsys) -> None:
+    """``batch --workers 2``: W01 and W03 are scanned on the virtual station, each analysed and classified on the
+    cluster while the next is handled; W02 (a resumed lot: its scan is complete, never analysed) fails its analysis
+    on the cluster. The lot goes on, W02 is reported (exit 5), the others equal the in-process results bit for bit,
+    and the history holds what an in-process lot records."""
+    tiny_recipe(tmp_path)
+    misaligned_scan(tmp_path / "W02.h5")
+    plan_path = tmp_path / "lot.toml"
+    wafers = "".join(f'[[wafers]]\nslot = {slot}\nwafer = "W0{slot}"\n' for slot in (1, 2, 3))
+    plan_path.write_text(f'lot = "LB2"\nrecipe = "tiny.toml"\nstation = "{STATION}"\n{wafers}')
+    code = main(["batch", str(plan_path), "--rules", "--resume", "--workers", "2", "--json"])
+    captured = capsys.readouterr()
+    if code == EXIT_BAD_INPUT and "before the file changed on disk: restart it" in captured.err:
+        pytest.skip(f"edited on disk during the test run: {captured.err.strip()}")
+    assert code == EXIT_PARTIAL, captured.err
+    document = json.loads(captured.out)
+    assert (document["status"], document["succeeded"], document["failed"]) == ("partial", 2, 1)
+    first, second, third = document["wafers"]
+    assert (second["status"], second["stage"]) == ("failed", "analysis")
+    assert "off their indices" in second["message"] and not second["message"].startswith("analysis:")
+    for entry in (first, third):
+        path = Path(entry["path"])
+        assert entry["status"] == "ok" and entry["scan_status"] == "complete"
+        single = tmp_path / f"single-{path.name}"  # the same scan analysed and classified in this process
+        shutil.copy(path, single)
+        analyze_scan(single)
+        classify_scan(single)
+        assert_bit_identical(path, stored(single))
+        record = classification_record(read_classification(single))
+        assert entry["yield"] == record.yield_fraction and entry["signature"] == record.signature
+        assert entry["bins"] == {name: chips for _, name, _, chips in record.bins if chips}
+    with History(home / "history.sqlite") as history:
+        summary = history.lot_summary("LB2")
+        assert [(wafer.wafer_id, wafer.slot, wafer.status) for wafer in summary.wafers] == [
+            ("W01", 1, "complete"),
+            ("W03", 3, "complete"),
+        ]
+        assert summary.classified == 2 and summary.wafers[0].batch_id is not None
+        for wafer, entry in zip(summary.wafers, (first, third), strict=True):
+            assert wafer.yield_fraction == entry["yield"] and wafer.classifier == "rule layer"
+            operations = history.operations(wafer.id)
+            assert [(operation.kind, operation.status) for operation in operations] == [
+                ("scan", "complete"),
+                ("analysis", "ok"),
+                ("classification", "ok"),
+            ]
+            assert operations[1].details["worker"].startswith("tcp://") and len(operations[1].details["passes"]) == 2
+        (failed,) = [record for record in history.scans(limit=None) if Path(record.path).name == "W02.h5"]
+        ((kind, status, message),) = [(op.kind, op.status, op.message) for op in history.operations(failed.id)]
+        assert (kind, status) == ("analysis", "failed") and "off their indices" in message

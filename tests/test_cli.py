@@ -148,6 +148,46 @@ def test_analyze_goes_on_past_a_bad_file_and_refuses_missing_ones(
     assert "no analysis results" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--tiles", "0"], "--tiles: only with --workers N or --dask ADDRESS"),
+        (["--workers", "2", "--tiles", "lots"], "tiles: 'lots' is not auto, off or a chip count"),
+        (["--workers", "0"], "--workers: 0 must be at least 1"),
+    ],
+)
+@pytest.mark.parametrize("command", ["analyze", "batch"])
+def test_bad_cluster_options_are_one_line_before_anything_starts(
+    command: str, argv: list[str], expected: str, *, tmp_path: Path, home: Path, capsys
+) -> None:
+    scan = tmp_path / "W01.h5"
+    scan.write_bytes(b"not looked at")
+    plan = tmp_path / "lot.toml"
+    plan.write_text(f'lot = "L1"\nrecipe = "{tiny_recipe(tmp_path)}"\n[[wafers]]\nwafer = "W09"\n')
+    target = str(scan) if command == "analyze" else str(plan)
+    assert main([command, target, "--rules", *argv]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in captured.err, captured.err
+    assert not (tmp_path / "W09.h5").exists() and not home.exists()
+
+
+def test_workers_and_a_scheduler_address_exclude_each_other(tmp_path: Path, capsys) -> None:
+    assert main(["batch", str(tmp_path / "lot.toml"), "--workers", "2", "--dask", "tcp://127.0.0.1:1"]) == 2
+    assert "argument --dask: not allowed with argument --workers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_cannot_be_reached_is_one_line(synthetic_scan: Path, tmp_path: Path, home: Path, capsys):
+    scan = copy_of(synthetic_scan, tmp_path, "W01.h5")
+    assert main(["analyze", str(scan), "--dask", "tcp://127.0.0.1:9", "--rules"]) == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in captured.err
+    assert "Traceback" not in captured.err
+    with h5py.File(scan, "r") as file:
+        assert "results" not in file
+
+
 def test_export_writes_the_formats_asked_for_and_records_it(
     synthetic_scan: Path, tmp_path: Path, home: Path, capsys
 ) -> None:

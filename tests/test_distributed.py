@@ -1,7 +1,9 @@
 """Scale-out on a real Dask LocalCluster of worker processes: wafers analysed and classified per wafer and tile by
 tile equal the single-process results bit for bit (every array and attribute of /results and /classification but
 created_utc); failing wafers among good ones; an existing cluster by its scheduler address; a dead coordinator's
-SWMR marks cleared; a stopped pool leaves its files as they were; a cluster with other software refused."""
+SWMR marks cleared; a stopped pool leaves its files as they were; a cluster with other software refused; the
+``analyze`` command on a cluster (``--workers``, ``--tiles``) records the scan history as the in-process command
+does."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from app.cli import main
 from drivers.virtual.profile import load_profile
 from drivers.virtual.synthetic import write_synthetic_scan
 from drivers.virtual.world import WaferWorld
-from inspection.classify import classify_scan
+from inspection.classify import classify_scan, read_classification
 from inspection.distributed import (
     AnalysisPool,
     ClusterEnvironmentError,
@@ -33,7 +35,9 @@ from inspection.distributed import (
     analyze_many,
     check_cluster_environment,
     environment,
+    parse_tiles,
 )
+from inspection.history import History, classification_record
 from inspection.pipeline import analyze_scan
 from inspection.recipe import load_recipe
 from inspection.scanfile import _read_superblock
@@ -87,7 +91,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Three small scans of different demo wafers, their single-process results, and two bad files."""
     directory = tmp_path_factory.mktemp("scale-out")
     recipe = load_recipe(DEMO_RECIPE)
-    good, reference = [], {}
+    good, reference, records = [], {}, {}
     for seed, lines in WAFERS.items():
         path = write_synthetic_scan(directory / f"W{seed}.h5", demo_profile(seed), recipe, lines=lines)
         single = directory / f"W{seed}-single.h5"
@@ -96,6 +100,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         classify_scan(single)
         good.append(path)
         reference[path.name] = stored(single)
+        records[path.name] = classification_record(read_classification(single))
     shifted = directory / "shifted.h5"  # a grid 0.4 pitch off its alignment: RegistrationError
     profile = demo_profile(34)
     placement = WaferWorld(profile).placement
@@ -103,7 +108,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     write_synthetic_scan(shifted, profile, recipe, lines=slice(900, 940), stored_placement=wrong)
     corrupt = directory / "corrupt.h5"
     corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(4096))
-    return {"good": good, "reference": reference, "shifted": shifted, "corrupt": corrupt}
+    return {"good": good, "reference": reference, "records": records, "shifted": shifted, "corrupt": corrupt}
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +147,9 @@ def test_wafers_on_a_local_cluster_equal_the_single_process_results(scans, tmp_p
         outcome = by_path[path]
         assert outcome.ok and outcome.tiles == 0 and outcome.worker.startswith("tcp://"), outcome
         assert len(outcome.analysis.passes) == 2 and outcome.analysis.passes[1].chips_measured > 4000
-        assert outcome.classification.signature and sum(n for _, _, n in outcome.classification.bins) > 0
+        assert outcome.classification.signature and sum(n for *_, n in outcome.classification.bins) > 0
+        assert outcome.classification.record() == scans["records"][path.name]  # what the history keeps
+        assert outcome.started_utc <= outcome.analysed_utc <= outcome.finished_utc
         assert_bit_identical(path, scans["reference"][path.name])
     assert by_path[shifted].failure is FailureKind.REGISTRATION and "off their indices" in by_path[shifted].error
     assert by_path[corrupt].failure is FailureKind.INPUT and by_path[missing].failure is FailureKind.INPUT
@@ -246,12 +253,70 @@ def test_bad_arguments_are_clear_errors() -> None:
         analyze_many([], workers=1, tile_rows=0)
 
 
-def test_the_analyze_command_on_a_local_cluster(scans, tmp_path: Path, capsys) -> None:
-    good = copies(scans["good"][:2], tmp_path)
-    (corrupt,) = copies([scans["corrupt"]], tmp_path)
-    code = main(["analyze", *map(str, good), str(corrupt), "--workers", "2", "--rules", "--json"])
-    files = json.loads(capsys.readouterr().out)["files"]
+def test_tiles_choices_of_the_command_line() -> None:
+    assert parse_tiles("auto") == (None, 50_000_000) and parse_tiles(" OFF ") == (False, 50_000_000)
+    assert parse_tiles("20M") == (True, 20_000_000) and parse_tiles("500k") == (True, 500_000)
+    assert parse_tiles("1.5M") == (True, 1_500_000) and parse_tiles("0") == (True, 0)
+    for bad in ("on", "-3", "1.5", "20G", ""):
+        with pytest.raises(ValueError, match="tiles: "):
+            parse_tiles(bad)
+
+
+def run_command(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``plmapper`` in this process; skipped like :func:`analyse` when a source file changed during the run."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    if code == 2 and "before the file changed on disk: restart it" in captured.err:
+        pytest.skip(f"edited on disk during the test run: {captured.err.strip()}")
+    return code, captured.out, captured.err
+
+
+def history_of(home: Path) -> dict[str, tuple]:
+    """Per file name: the scan record's fields, its bins, and its operations' kinds, statuses, detail keys and
+    pass details."""
+    rows = {}
+    with History(home / "history.sqlite") as history:
+        for record in history.scans(limit=None):
+            operations = history.operations(record.id)
+            rows[Path(record.path).name] = (
+                (record.kind, record.lot_id, record.wafer_id, record.recipe, record.status, record.file),
+                (record.yield_fraction, record.classifier, record.model_id, record.signature),
+                [(item.code, item.name, item.fail, item.chips) for item in history.bins(record.id)],
+                [(operation.kind, operation.status, sorted(operation.details)) for operation in operations],
+                [operation.details.get("passes") for operation in operations],
+                record.analysed_utc is not None,
+            )
+    return rows
+
+
+def test_the_analyze_command_on_a_local_cluster_and_its_history(
+    scans, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``analyze --workers 2 --tiles 0``: every wafer tile by tile, the results bit-identical, exit codes as in
+    process, and the scan history as the in-process command writes it (plus the worker and tiles in the details)."""
+    monkeypatch.delenv("PLMAPPER_HISTORY", raising=False)
+    cluster_files = copies([*scans["good"][:2], scans["corrupt"]], tmp_path / "cluster")
+    single_files = copies([*scans["good"][:2], scans["corrupt"]], tmp_path / "single")
+    monkeypatch.setenv("PLMAPPER_HOME", str(tmp_path / "home-single"))
+    code, _, _ = run_command(["analyze", *map(str, single_files), "--rules", "--json"], capsys)
+    assert code == 2
+    monkeypatch.setenv("PLMAPPER_HOME", str(tmp_path / "home-cluster"))
+    argv = ["analyze", *map(str, cluster_files), "--workers", "2", "--tiles", "0", "--rules", "--json"]
+    code, out, _ = run_command(argv, capsys)
     assert code == 2  # one file was not a usable scan; the others are done
-    assert [entry["status"] for entry in files] == ["ok", "ok", "failed"]
-    for path in good:
+    document = json.loads(out)
+    assert document["classifier"] == "rule layer"
+    files = document["files"]
+    assert [entry["status"] for entry in files] == ["ok", "ok", "failed"] and files[2]["failure"] == "input"
+    assert [entry["tiles"] for entry in files[:2]] == [2, 2]  # tiled: one tile per pass (the default tile height)
+    for path, entry in zip(cluster_files[:2], files, strict=False):
         assert_bit_identical(path, scans["reference"][path.name])
+        assert entry["yield"] == scans["records"][path.name].yield_fraction
+    single, cluster = history_of(tmp_path / "home-single"), history_of(tmp_path / "home-cluster")
+    assert sorted(cluster) == sorted(single) == ["W31.h5", "W32.h5"]  # the corrupt file is recorded by neither
+    for name, expected in single.items():
+        identity, figures, bins, operations, passes, analysed = cluster[name]
+        assert (identity, figures, bins, passes, analysed) == (expected[0], expected[1], expected[2], expected[4], True)
+        assert [(kind, status) for kind, status, _ in operations] == [("analysis", "ok"), ("classification", "ok")]
+        for (_, _, keys), (_, _, single_keys) in zip(operations, expected[3], strict=True):
+            assert set(keys) == {*single_keys, "worker", "tiles"}

@@ -210,25 +210,53 @@ def _e142_codes(path: Path) -> tuple[ET.Element, np.ndarray]:
     return root, digits[..., 0] * 16 + digits[..., 1]
 
 
+def _e142_device_map(root: ET.Element, codes: np.ndarray) -> np.ndarray:
+    """The decoded BinCode rows as an array indexed [Y, X] by the devices' E142 coordinates, read the way the header
+    says: the rows are the map as drawn, top row first, left to right; ``OriginLocation`` is the corner of device
+    (0, 0) and ``AxisDirection`` the way X and Y grow from it (the reading of public E142 importers that implement
+    both, e.g. Galaxy's; docs/exports.md)."""
+    substrate_map = root.find(".//e:SubstrateMap", NS)
+    origin, axes = substrate_map.get("OriginLocation"), substrate_map.get("AxisDirection")
+    vertical, horizontal = re.fullmatch(r"(Up|Down)(Left|Right)", axes).groups()
+    assert origin == {"Up": "Lower", "Down": "Upper"}[vertical] + {"Right": "Left", "Left": "Right"}[horizontal], (
+        f"the axes ({axes}) do not point away from the origin ({origin})"
+    )
+    grid = codes[::-1] if vertical == "Up" else codes  # Y up: the first row drawn is the highest Y
+    return grid[:, ::-1] if horizontal == "Left" else grid
+
+
 def test_e142_rows_and_counts_match_the_map(exported: dict[str, Path], wafer: Path) -> None:
     root, codes = _e142_codes(exported["W07.e142.xml"])
     assert root.tag == f"{{{E142_NAMESPACE}}}MapData"
     classification = read_classification(wafer)
-    expected = classification.bin_codes
+    expected = classification.bin_codes  # [row, col], row 0 at the bottom (the flat's side)
     layout = root.find(".//e:Layout[@LayoutId='Devices']", NS)
     dimension = layout.find("e:Dimension", NS)
     assert (int(dimension.get("X")), int(dimension.get("Y"))) == (expected.shape[1], expected.shape[0])
     assert layout.find("e:StepSize", NS).attrib == {"X": "0.1", "Y": "0.1"}
     assert layout.find("e:DeviceSize", NS).attrib == {"X": "0.06", "Y": "0.06"}
-    # one BinCode row per chip row, top row first; null bin FF where the box holds no chip
-    assert codes.shape == expected.shape
-    np.testing.assert_array_equal(codes, expected[::-1])
     substrate_map = root.find(".//e:SubstrateMap", NS)
     assert substrate_map.get("OriginLocation") == "LowerLeft" and substrate_map.get("AxisDirection") == "UpRight"
     assert substrate_map.get("Orientation") == "0" and substrate_map.get("SubstrateId") == "W07"
+    # one BinCode row per chip row; read as the header says, device (X, Y) is chip (col, row) everywhere, so the
+    # first BinCode row is the top row (Y = rows - 1), as the comment before the rows says
+    assert codes.shape == expected.shape
+    np.testing.assert_array_equal(_e142_device_map(root, codes), expected)
+    np.testing.assert_array_equal(codes[0], expected[-1])
+    text = exported["W07.e142.xml"].read_text(encoding="utf-8")
+    stated = re.search(r"<!-- BinCode rows top to bottom: the first is Y=(\d+) \(top\), the last Y=0 ", text)
+    assert stated is not None and int(stated.group(1)) == expected.shape[0] - 1
+    assert text.index("<!-- BinCode rows") > text.index("</BinDefinitions>")
+    # and physically: Orientation 0 puts the flat at the bottom, where the origin row is. The flat is a long straight
+    # edge, the top of the wafer a short arc: the lowest row holding chips is far longer than the highest one
+    on_wafer = _e142_device_map(root, codes) != NO_CHIP
+    rows_with_chips = np.flatnonzero(on_wafer.any(axis=1))
+    lowest, highest = on_wafer[rows_with_chips[0]].sum(), on_wafer[rows_with_chips[-1]].sum()
+    assert lowest > 3 * highest, (lowest, highest)
     assert root.find(".//e:Substrate/e:LotId", NS).text == "LOT-7"
     bin_code_map = root.find(".//e:BinCodeMap", NS)
     assert bin_code_map.get("BinType") == "HexaDecimal" and bin_code_map.get("NullBin") == "FF"
+    assert bin_code_map.get("MapType") == "2DArray"
     definitions = {int(item.get("BinCode"), 16): item for item in root.iterfind(".//e:BinDefinition", NS)}
     for entry in classification.bin_table.bins:
         item = definitions[entry.code]

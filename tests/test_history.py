@@ -20,6 +20,7 @@ from inspection.history import (
     Recorder,
     default_history_path,
     parse_time,
+    utc_now,
 )
 
 
@@ -335,3 +336,56 @@ def test_the_recorder_never_fails_the_work(tmp_path: Path, monkeypatch: pytest.M
     with History(tmp_path / "history.sqlite") as history:
         (operation,) = history.operations(scan_id)
     assert (operation.kind, operation.status, operation.message) == ("analysis", "failed", "the grid does not fit")
+
+
+def test_an_operation_done_elsewhere_is_recorded_finished_with_its_own_times(tmp_path: Path) -> None:
+    """An analysis and classification on a Dask worker are recorded by the caller once the outcome is back: one
+    transaction each, with the worker's times, never shown running; the classification becomes the scan's."""
+    with History(tmp_path / "history.sqlite") as history:
+        scan_id = record_scan(history, tmp_path / "W01.h5", lot="L9", wafer="W01")
+        analysis = history.add_operation(
+            scan_id,
+            "analysis",
+            "ok",
+            started_utc="2026-11-22T03:15:00Z",
+            finished_utc="2026-11-22T03:15:07Z",
+            details={"worker": "tcp://10.0.0.7:40001", "tiles": 0},
+        )
+        history.add_operation(
+            scan_id,
+            "classification",
+            "ok",
+            started_utc="2026-11-22T03:15:07Z",
+            finished_utc="2026-11-22T03:15:09Z",
+            classification=classification(0.95, 950, 50),
+        )
+        failed = history.add_operation(
+            scan_id,
+            "analysis",
+            "failed",
+            started_utc="2026-11-22T04:00:00Z",
+            finished_utc="2026-11-22T04:00:01Z",
+            message="analysis: the chip grid sits off its indices",
+        )
+        operations = {operation.id: operation for operation in history.operations(scan_id)}
+        done = operations[analysis]
+        assert (done.status, done.started_utc, done.finished_utc) == (
+            "ok",
+            "2026-11-22T03:15:00Z",
+            "2026-11-22T03:15:07Z",
+        )
+        assert done.details == {"worker": "tcp://10.0.0.7:40001", "tiles": 0}
+        assert operations[failed].status == "failed" and "off its indices" in operations[failed].message
+        record = history.scan(scan_id)
+        assert (record.yield_fraction, record.classifier, record.signature) == (0.95, "rule layer", "random")
+        assert record.analysed_utc == "2026-11-22T03:15:07Z"  # the latest analysis that went well
+        assert [(item.name, item.chips) for item in history.bins(scan_id)] == [("Good", 950), ("Dead", 50)]
+        with pytest.raises(ValueError, match="is not a UTC time"):
+            history.add_operation(scan_id, "analysis", "ok", started_utc="yesterday", finished_utc=utc_now())
+        with pytest.raises(ValueError, match="operation kind 'render'"):
+            history.add_operation(scan_id, "render", "ok", started_utc=utc_now(), finished_utc=utc_now())
+    # through a recorder: a path that is no scan file is not recorded, and nothing fails
+    recorder = Recorder(tmp_path / "history.sqlite")
+    missing = tmp_path / "missing.h5"
+    assert recorder.add_operation(missing, "analysis", "failed", started_utc=utc_now(), finished_utc=utc_now()) is None
+    recorder.close()

@@ -10,10 +10,13 @@ What the file says (docs/exports.md shows a complete example):
 * ``SubstrateMaps``: ``OriginLocation="LowerLeft"``, ``AxisDirection="UpRight"`` (plmapper's chip index: col to
   the right, row up, (0, 0) the lower-left cell of the box), ``Orientation`` = where the primary flat or notch is,
   in degrees clockwise from the bottom (0 = flat/notch down, the default).
-* ``BinCodeMap BinType="HexaDecimal" NullBin="FF"``: two hex digits per chip; ``FF`` where the box holds no chip
-  (off the substrate). ``BinDefinitions`` first (``BinCode``, ``BinCount``, ``BinQuality``, ``BinDescription``),
-  then **one ``<BinCode>`` element per chip row, top row first** (row ``rows − 1`` down to row 0: the map reads like
-  the wafer seen from the front with the flat down); within a row, column 0 (left) first.
+* ``BinCodeMap BinType="HexaDecimal" NullBin="FF" MapType="2DArray"``: two hex digits per chip; ``FF`` where the
+  box holds no chip (off the substrate). ``BinDefinitions`` first (``BinCode``, ``BinCount``, ``BinQuality``,
+  ``BinDescription``), then **one ``<BinCode>`` element per chip row, top row first** (row ``rows − 1`` down to row
+  0: the map reads like the wafer seen from the front with the flat down, its first row the one farthest from the
+  ``LowerLeft`` origin); within a row, column 0 (left) first. An XML comment before the rows says which device
+  row (``Y``) the first and the last ``<BinCode>`` hold, for a reader who would otherwise take the first element
+  for the origin row. (docs/exports.md: what public E142 readers do, and what is an assumption.)
 
 ``BinQuality`` is ``Fail`` for bins with ``fail = true``, ``Skip`` for a bin that only holds chips that were not
 inspected (edge exclusion, not measured), ``Pass`` otherwise.
@@ -36,7 +39,7 @@ import numpy as np
 from inspection.bins import NO_CHIP, Bin, BinTable, DefectClass
 from inspection.export._source import WaferSource, atomic_output, grid_origin_um, mark_angle_deg, open_wafer
 
-__all__ = ["E142_NAMESPACE", "NULL_BIN", "bin_quality", "e142_orientation_deg", "write_e142"]
+__all__ = ["E142_NAMESPACE", "NULL_BIN", "bin_quality", "e142_orientation_deg", "row_order_comment", "write_e142"]
 
 E142_NAMESPACE = "urn:semi-org:xsd.E142-1.V1005.SubstrateMap"
 NULL_BIN = f"{NO_CHIP:02X}"
@@ -108,7 +111,7 @@ def _header(source: WaferSource, counts: dict[int, int]) -> str:
         f'LayoutSpecifier="{WAFER_LAYOUT}/{DEVICE_LAYOUT}" Orientation="{e142_orientation_deg(source)}" '
         'OriginLocation="LowerLeft" AxisDirection="UpRight">',
         '      <Overlay MapName="BinCodeMap" MapVersion="1">',
-        f'        <BinCodeMap BinType="HexaDecimal" NullBin="{NULL_BIN}">',
+        f'        <BinCodeMap BinType="HexaDecimal" NullBin="{NULL_BIN}" MapType="2DArray">',
         "          <BinDefinitions>",
     ]
     for entry in sorted(source.bin_table.bins, key=lambda entry: entry.code):
@@ -117,7 +120,22 @@ def _header(source: WaferSource, counts: dict[int, int]) -> str:
             f'BinQuality="{bin_quality(entry)}" BinDescription={quoteattr(entry.name)}/>'
         )
     lines.append("          </BinDefinitions>")
+    lines.append(f"          {row_order_comment(layout.row_count)}")
     return "\n".join(lines) + "\n"
+
+
+def row_order_comment(row_count: int) -> str:
+    """The XML comment written before the ``<BinCode>`` rows: which device row (Y, from the lower-left origin)
+    the first and the last element hold.
+
+    >>> comment = row_order_comment(494)
+    >>> comment.startswith("<!--") and "the first is Y=493 (top), the last Y=0 (the origin row" in comment
+    True
+    """
+    return (
+        f"<!-- BinCode rows top to bottom: the first is Y={row_count - 1} (top), the last Y=0 (the origin row, "
+        "LowerLeft); X=0 (left) first in each row -->"
+    )
 
 
 _FOOTER = "        </BinCodeMap>\n      </Overlay>\n    </SubstrateMap>\n  </SubstrateMaps>\n</MapData>\n"
