@@ -9,7 +9,7 @@ os.environ["PLMAPPER_HOME"] = tempfile.mkdtemp(prefix="plmapper-test-home-")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The coarse test wafer with every kind of EL failure (the EL reference and EL probing tests)
+# Fixtures shared by several test modules
 # ---------------------------------------------------------------------------------------------------------------------
 
 from pathlib import Path
@@ -22,6 +22,15 @@ from drivers.virtual.world import WaferWorld
 from inspection.recipe import load_recipe
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty station home for one test (deployed models, scan history, audit log), history on."""
+    monkeypatch.setenv("PLMAPPER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PLMAPPER_HISTORY", raising=False)
+    return tmp_path / "home"
+
 
 # ~480 chips of 1.2 mm, each EL failure kind common enough to pick some
 DEFECTIVE_PROFILE = (TEST_DATA / "coarse-profile.toml").read_text() + (

@@ -33,12 +33,6 @@ from tests.access_worker import append_many
 CHEAP = ScryptCost(n_log2=10, r=8, p=1)  # the stored parameters are what verification uses: tests may be cheap
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PLMAPPER_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
 def audit_actions(home: Path) -> list[str]:
     return [entry.action for entry in AuditLog(home / "access" / "audit.jsonl").entries()]
 

@@ -26,13 +26,6 @@ DEMO_PROFILE = REPO / "resources" / "profiles" / "demo-2in.toml"
 DEMO_RECIPE = REPO / "resources" / "recipes" / "demo-2in.toml"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PLMAPPER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PLMAPPER_HISTORY", raising=False)
-    return tmp_path / "home"
-
-
 @pytest.fixture(scope="module")
 def classified_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A band of 40 lines through the demo wafer, analysed and classified by the rules (no history)."""

@@ -47,13 +47,6 @@ def tiny_recipe(directory: Path, *, laser_nm: float = 405.0, name: str = "tiny.t
     return path
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("PLMAPPER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("PLMAPPER_HISTORY", raising=False)
-    return tmp_path / "home"
-
-
 def test_toml_plan_with_relative_paths_and_overrides(tmp_path: Path) -> None:
     (tmp_path / "lots").mkdir()
     plan_path = tmp_path / "lots" / "L1.toml"
