@@ -67,6 +67,10 @@ class AccessController(QObject):
         super().__init__(parent)
         self.runner = runner
         self.session: Session = operator_session()
+        # The operator session that was current when an engineer logged in: logging out returns to it. The log-out
+        # of inspection.access keeps the engineer's name in the operator session it returns, which would show the
+        # engineer as the operator (and write them into the audit entries of the operator's scans).
+        self._operator: Session = self.session
         self.log = AuditLog(log_path) if log_path is not None else None
         self._gated: list[tuple[Any, Permission, str, Callable[[Any, bool], None] | None]] = []
         self._idle = QTimer(self, singleShot=True, interval=IDLE_LOGOUT_MIN * 60_000)
@@ -88,8 +92,14 @@ class AccessController(QObject):
     ) -> None:
         """Enable ``target`` only for sessions with ``permission``; ``tip`` is its tooltip when allowed (an operator
         sees why not instead). ``apply(target, allowed)`` replaces the default ``setEnabled``."""
-        self._gated.append((target, permission, tip, apply))
+        entry = (target, permission, tip, apply)
+        self._gated.append(entry)
+        # a gated control of a dialog that is deleted (the recipe form) must not be touched at the next log-in
+        target.destroyed.connect(lambda *_: self._forget(entry))
         self._apply(target, permission, tip, apply)
+
+    def _forget(self, entry: tuple) -> None:
+        self._gated = [gated for gated in self._gated if gated is not entry]
 
     def _apply(self, target: Any, permission: Permission, tip: str, apply) -> None:
         allowed = self.allows(permission)
@@ -111,6 +121,12 @@ class AccessController(QObject):
 
     # -- sessions ----------------------------------------------------------------------------------------------------
     def set_session(self, session: Session) -> None:
+        """Make ``session`` current: re-apply every gate, start (engineer) or stop the idle log-out timer, emit
+        ``changed``."""
+        if not session.is_engineer:
+            self._operator = session
+        elif not self.session.is_engineer:
+            self._operator = self.session
         self.session = session
         for target, permission, tip, apply in self._gated:
             self._apply(target, permission, tip, apply)
@@ -136,14 +152,14 @@ class AccessController(QObject):
         self.runner.start(work, "Checking the password", done=accepted, failed=refused, visible=False)
 
     def logout(self) -> None:
+        """End the engineer session (audited) and return to the operator session from before the log-in."""
         if not self.session.is_engineer:
             return
         try:
-            session = logout(self.session, log=self.log)
+            logout(self.session, log=self.log)
         except AccessError as error:
             log.warning("log-out not audited: %s", error)
-            session = operator_session(self.session.user)
-        self.set_session(session)
+        self.set_session(self._operator)
 
     def _idle_logout(self) -> None:
         if self.session.is_engineer:

@@ -275,9 +275,18 @@ def save_settings_file(
 
 class SettingsEditor(QDialog):
     """A recipe, station file or bin table as TOML text, checked by the rules that load it; Save writes it and the
-    audit log (engineers only)."""
+    audit log (engineers only). ``text`` starts the editor with other text than the file's (the recipe form's
+    unsaved values); the audit entry still compares with the file."""
 
-    def __init__(self, kind: FileKind, path: Path, access: AccessController, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        kind: FileKind,
+        path: Path,
+        access: AccessController,
+        parent: QWidget | None = None,
+        *,
+        text: str | None = None,
+    ) -> None:
         super().__init__(parent)
         self.kind, self.path, self.access = kind, Path(path), access
         self.setObjectName("settingsEditor")
@@ -289,7 +298,7 @@ class SettingsEditor(QDialog):
         self.saved_path: Path | None = None
         self.where = QLabel(str(self.path))
         self.where.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.text = QPlainTextEdit(self.original)
+        self.text = QPlainTextEdit(self.original if text is None else text)
         self.text.setObjectName("editorText")
         self.text.setFont(QFont("monospace", 10))
         self.problems = QLabel("")

@@ -42,7 +42,7 @@ from app.gui.review import ReviewPanel
 from app.gui.scanpanel import ScanPanel
 from app.gui.station import StationController
 from app.gui.stationpanel import StationPanel
-from app.gui.tasks import DocumentKeeper, TaskRunner
+from app.gui.tasks import DocumentKeeper, Task, TaskRunner
 from inspection.access import AuditAction, AuditLog, Permission, Session, audit
 from inspection.bins import DEFAULT_BIN_TABLE
 from inspection.history import Recorder
@@ -60,7 +60,7 @@ POLL_INTERVAL_MS = 500
 SHORTCUTS = [
     ("Ctrl+O", "Open a scan file"),
     ("Ctrl+W", "Close the scan file"),
-    ("Ctrl+Shift+A", "Analyse the open scan file"),
+    ("Ctrl+Shift+A", "Analyse the open scan file, then classify it (as plmapper analyze)"),
     ("Ctrl+Shift+R", "Analyse the open scan file again with other settings"),
     ("Ctrl+Shift+C", "Classify the open scan file again (another model, the rules)"),
     ("Ctrl+Shift+X", "Export the open scan file (KLARF, E142, CSV, Parquet, PNG, PDF)"),
@@ -185,7 +185,7 @@ class MainWindow(QMainWindow):
         self._action(file_menu, "&Open scan file…", self.choose_file, "Ctrl+O", "openAction")
         self.recent_menu = file_menu.addMenu("Open &recent")
         self._action(file_menu, "&Close scan file", self.review.close_document, "Ctrl+W")
-        self._action(file_menu, "&Analyse scan file", self.analyse_file, "Ctrl+Shift+A")
+        self._action(file_menu, "&Analyse and classify scan file", self.analyse_file, "Ctrl+Shift+A", "analyseAction")
         self.reanalyse_action = self._action(
             file_menu, "Analyse a&gain with other settings…", self.reanalyse_file, "Ctrl+Shift+R", "reanalyseAction"
         )
@@ -219,7 +219,7 @@ class MainWindow(QMainWindow):
         self.logout_action = self._action(access, "Log &out", self.access.logout, "Ctrl+Shift+E", "logoutAction")
         access.addSeparator()
         for text, kind, name in (
-            ("Edit &recipe file…", FileKind.RECIPE, "editRecipeAction"),
+            ("Edit &recipe…", FileKind.RECIPE, "editRecipeAction"),
             ("Edit &station file…", FileKind.STATION, "editStationAction"),
             ("Edit &bin table…", FileKind.BIN_TABLE, "editBinTableAction"),
         ):
@@ -315,24 +315,15 @@ class MainWindow(QMainWindow):
         if not self.controller.is_connected:
             self.statusBar().showMessage("Connect the station, then resume the scan in the Scan tab (F5).", 10000)
 
-    def analyse_file(self, path: str | bool | None = None) -> None:
-        """Run the analysis on ``path`` (default: the open file) in the background, then show it."""
+    def analyse_file(self, path: str | bool | None = None) -> Task | None:
+        """Analyse ``path`` (default: the open file) with the default settings and classify it, as ``plmapper
+        analyze`` does, in one background task (:meth:`run_analysis`); then show its bin map. Returns the task (None
+        when refused)."""
         if not isinstance(path, str):  # a menu action passes its checked state
             if self.review.document is None:
-                return
+                return None
             path = str(self.review.document.path)
-        target = Path(path)
-        readers = self._release(target)  # the analysis writes into the file: no reader may hold it
-
-        def work(progress, cancel):
-            _wait_closed(readers, cancel)
-            from inspection import api  # noqa: PLC0415 - imports the classifier (seconds): not on the GUI thread
-
-            with self._recording() as recorder:  # recorded in the scan history as `plmapper analyze` records it
-                return api.analyze(target, progress=_cancellable(progress, cancel), record=recorder)
-
-        # shown again whatever happened (an interrupted analysis leaves the previous results, or none)
-        self.runner.start(work, f"Analysing {target.name}", always=lambda: self.open_file(target))
+        return self.run_analysis(Path(path), None, classify=True, layer="bin")
 
     def _release(self, path: Path) -> list:
         """Let go of every open document of ``path`` (Review, Compare); returns them, to wait until they are closed."""
@@ -408,38 +399,58 @@ class MainWindow(QMainWindow):
         dialog.accepted.connect(accepted)
         dialog.open()
 
-    def run_reanalysis(self, path: Path, settings: AnalysisSettings, *, classify: bool = True):
-        """Analyse ``path`` again with ``settings`` (``inspection.api.analyze``), then classify it again with the
-        station's deployed model, or the rule layer when none is deployed, keeping the file's bin table
-        (``inspection.api.classify``; audited); then show it again on the same layer. Returns the task (None when
-        refused). Cancel during the analysis keeps the previous results; during the classification, the new results
-        with the previous classification (said in a message)."""
+    def run_reanalysis(self, path: Path, settings: AnalysisSettings, *, classify: bool = True) -> Task | None:
+        """Analyse ``path`` again with ``settings``, then (``classify``) classify it again; see
+        :meth:`run_analysis`. Shown again on the layer that was shown."""
+        path = Path(path)
+        document = self.review.document
+        same = document is not None and document.path == path
+        layer = self.review.layer.key if same and self.review.layer is not None else None
+        return self.run_analysis(path, settings, classify=classify, layer=layer, again=True)
+
+    def run_analysis(
+        self,
+        path: Path,
+        settings: AnalysisSettings | None,
+        *,
+        classify: bool = True,
+        layer: str | None = None,
+        again: bool = False,
+    ) -> Task | None:
+        """Analyse ``path`` with ``settings`` (None: the pipeline's defaults) and then, with ``classify``, classify it
+        as ``plmapper analyze`` does, with the same functions: ``inspection.api.analyze``, then
+        ``inspection.api.classify`` with ``inspection.api.classifier_options("deployed", …)`` (the station's
+        deployed model, or the rule layer when none is deployed), keeping the file's bin table if it has one (the
+        default table otherwise, as the CLI); the classification is audited. One background task with progress
+        (analysis 80 %, classification 20 %) and Cancel, recorded in the scan history; then the file is shown again
+        on ``layer``. Returns the task (None when refused: a file being written, or without raw lines). Cancel
+        during the analysis keeps the previous results; during the classification, the new results with the
+        previous classification (or none), which a message says."""
         path = Path(path)
         document = self.review.document
         same = document is not None and document.path == path
         reason = self.reanalysis_blocked(document) if same else None
+        verb = "analyse again" if again else "analyse"
         if reason is not None:
-            self.show_error("Cannot analyse again", reason)
+            self.show_error(f"Cannot {verb}", reason)
             return None
         table = document.bin_table if same else None
-        layer = self.review.layer.key if same and self.review.layer is not None else None
+        had_classification = bool(same and document.has_classification)
         session = self.access.session
         readers = self._release(path)  # the analysis writes into the file: no reader may hold it
         state = {"analysed": False, "classified": False, "failed": False}
+        unclassified = (STALE_CLASSIFICATION if had_classification else UNCLASSIFIED).format(name=path.name)
 
         def work(progress, cancel):
             from inspection import api  # noqa: PLC0415 - imports the classifier (seconds): not on the GUI thread
-            from inspection.bins import default_bin_table  # noqa: PLC0415
-            from inspection.classify import ClassifyOptions  # noqa: PLC0415
-            from inspection.deployment import deployed_model  # noqa: PLC0415
 
             options = None
             if classify:  # the model first: a broken deployment is said before anything is written
                 progress(0.0, "loading the deployed model")
-                options = ClassifyOptions(bin_table=table or default_bin_table(), model=deployed_model())
+                options = api.classifier_options("deployed", table)
             _wait_closed(readers, cancel)
             share = 0.8 if classify else 1.0
-            with self._recording() as recorder:
+            with self._recording() as recorder:  # recorded in the scan history as `plmapper analyze` records it
                 summary = api.analyze(
                     path, settings=settings, progress=_cancellable(progress, cancel, 0.0, share), record=recorder
                 )
@@ -459,23 +470,26 @@ class MainWindow(QMainWindow):
 
         def done(result) -> None:
             summary, classifier = result
-            text = f"{path.name} analysed again in {summary.seconds:.1f} s"
+            text = f"{path.name} analysed{' again' if again else ''} in {summary.seconds:.1f} s"
             if classifier is not None:
-                text += f" and classified again ({classifier.get('name', classifier.get('kind', '?'))})"
+                name = classifier.get("name", classifier.get("kind", "?"))
+                text += f" and classified{' again' if again and had_classification else ''} ({name})"
             self.statusBar().showMessage(text, 15000)
 
         def failed(title: str, text: str) -> None:
             state["failed"] = True
             if state["analysed"] and classify and not state["classified"]:
-                text += f"\n\n{STALE_CLASSIFICATION.format(name=path.name)}"
+                text += f"\n\n{unclassified}"
             self.show_error(title, text)
 
         def always() -> None:
+            # shown again whatever happened (an interrupted analysis leaves the previous results, or none)
             self.open_file(path, layer)
             if state["analysed"] and classify and not state["classified"] and not state["failed"]:
-                self.show_error("Classification cancelled", STALE_CLASSIFICATION.format(name=path.name))
+                self.show_error("Classification cancelled", unclassified)
 
-        return self.runner.start(work, f"Analysing {path.name} again", done=done, failed=failed, always=always)
+        label = f"Analysing {path.name}{' again' if again else ''}"
+        return self.runner.start(work, label, done=done, failed=failed, always=always)
 
     # -- exports -----------------------------------------------------------------------------------------------------
     def export_file(self, *_: object) -> None:
@@ -486,7 +500,7 @@ class MainWindow(QMainWindow):
             return
         if not document.has_results or not document.has_classification:
             missing = "no analysis results" if not document.has_results else "not classified yet"
-            first = "analyse it (File ▸ Analyse, Ctrl+Shift+A), then classify it" if not document.has_results else (
+            first = "analyse it (File ▸ Analyse and classify, Ctrl+Shift+A)" if not document.has_results else (
                 "classify it first (File ▸ Classify…, Ctrl+Shift+C)"
             )  # fmt: skip
             self.show_error("Cannot export", f"{document.path.name}: {missing}; {first}. Nothing was written.")
@@ -867,6 +881,10 @@ CANCELLED = "cancelled in the window"
 STALE_CLASSIFICATION = (
     "{name} was analysed again, but it was not classified again: the bins shown are those of the previous analysis. "
     "What to do: classify it again (File ▸ Classify…, Ctrl+Shift+C)."
+)
+UNCLASSIFIED = (
+    "{name} was analysed, but it was not classified: it has measurements but no bins yet. "
+    "What to do: classify it (File ▸ Classify…, Ctrl+Shift+C)."
 )
 
 

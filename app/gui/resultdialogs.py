@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.exporting import DEFAULT_FORMATS, FORMAT_TITLES
-from app.gui.scanpanel import ERROR_STYLE
+from app.gui.recipeform import ERROR_STYLE
 from app.gui.tasks import TaskRunner
 from inspection.pipeline import AnalysisSettings
 

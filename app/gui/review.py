@@ -408,7 +408,10 @@ class ReviewPanel(QWidget):
             self.banner_button.setText("Resume scan…")
             self._banner_kind = "resume"
         elif not document.has_results:
-            self.banner.setText("This scan has no analysis results yet: the map needs them.")
+            self.banner.setText(
+                "This scan has no analysis results yet: the map needs them. Analyse now runs the analysis, then "
+                "classifies the chips (the station's deployed model, or the rule layer), as plmapper analyze does."
+            )
             self.banner_button.setText("Analyse now")
             self._banner_kind = "analyse"
         elif not document.has_classification:

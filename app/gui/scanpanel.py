@@ -1,16 +1,20 @@
 """The Scan view: recipe (with validation on the field that is wrong), identity, plan, start/pause/resume/abort,
 progress and the live map.
 
-The recipe form edits a few fields of the chosen recipe file; every change is validated by the recipe's own rules
-(:func:`inspection.settings.from_mapping`), each problem shown on the field it names. The plan is computed from the
-valid recipe (nominal placement; the engine recomputes it after the alignment). A started scan runs in the
-station's worker (:class:`app.gui.station.StationController`); the live map reads the scan file's new lines every
-second in a background task (:class:`app.gui.live.LiveMap`).
+The Scan tab edits the run fields of the chosen recipe file for one run; every change is validated by the recipe's own
+rules (:func:`inspection.settings.from_mapping`), each problem shown on the field it names. **Edit recipe…** (an
+operator: **View recipe…**) opens every field of the recipe in the form of :mod:`app.gui.recipeform`. The plan is
+computed from the valid recipe (nominal placement; the engine recomputes it after the alignment). The left column
+scrolls when the window is too low for it (1366 × 768), so that nothing is squeezed over anything else; the plan's
+headline and the scan buttons stay below it. A started scan runs in the station's worker
+(:class:`app.gui.station.StationController`); the live map reads the scan file's new lines every second in a
+background task (:class:`app.gui.live.LiveMap`).
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import getpass
 import re
 import tempfile
@@ -32,31 +36,28 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
 from app.gui.access import AccessController, denied_tip
-from app.gui.dialogs import FileKind, SettingsEditor, save_settings_file
+from app.gui.dialogs import FileKind, save_settings_file
 from app.gui.live import LiveMap
 from app.gui.mapview import WaferMapView
+from app.gui.recipeform import ERROR_STYLE, NOMINAL_ACCEL_UM_S2, READ_ONLY_STYLE, RecipeEditor
 from app.gui.station import StationController, progress_text
 from app.gui.tasks import TaskRunner
 from inspection.access import AuditAction, Permission, flat_changes
 from inspection.job import ScanIdentity
-from inspection.plan import plan_scan
+from inspection.plan import ScanPlan, plan_scan
 from inspection.recipe import Recipe
 from inspection.scan import ScanPhase, ScanProgress
 from inspection.scanfile import ScanFile, ScanStatus
 from inspection.settings import SettingsError, from_mapping, load_toml
 from inspection.wafer import Placement
-
-NOMINAL_ACCEL_UM_S2 = 3e6
-"""Stage acceleration the plan assumes before the station is connected (the virtual station's)."""
-
-ERROR_STYLE = "border: 2px solid #d93025; background: #fdecea;"
-READ_ONLY_STYLE = "background: #eceff1; color: #37474f;"
 
 
 class RecipeField:
@@ -158,7 +159,9 @@ class ScanPanel(QWidget):
     # -- widgets -----------------------------------------------------------------------------------------------------
     def _build(self, recipes: list[Path]) -> None:
         recipe_box = QGroupBox("Recipe")
-        form = QFormLayout(recipe_box)
+        # A vertical box, not one form: word-wrapped labels as rows of a QFormLayout were given too little height
+        # in a low window and drawn over each other (the summary over the operator note at 1400 × 850).
+        recipe_layout = QVBoxLayout(recipe_box)
         self.recipe_combo = QComboBox()
         self.recipe_combo.setObjectName("recipeCombo")
         for path in recipes:
@@ -167,12 +170,23 @@ class ScanPanel(QWidget):
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse_recipe)
         row = QHBoxLayout()
+        row.addWidget(QLabel("File:"))
         row.addWidget(self.recipe_combo, 1)
         row.addWidget(browse)
-        form.addRow("File:", row)
+        recipe_layout.addLayout(row)
         self.recipe_summary = QLabel("")
+        self.recipe_summary.setObjectName("recipeSummary")
         self.recipe_summary.setWordWrap(True)
-        form.addRow(self.recipe_summary)
+        recipe_layout.addWidget(self.recipe_summary)
+        self.access_note = QLabel(
+            "Operators run recipes as they are. An engineer may change these fields: Access ▸ Log in as engineer."
+        )
+        self.access_note.setObjectName("recipeAccessNote")
+        self.access_note.setWordWrap(True)
+        self.access_note.setStyleSheet("color:#5f6368;")
+        recipe_layout.addWidget(self.access_note)
+        form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.field_widgets: dict[str, QLineEdit | QComboBox] = {}
         for spec in FIELDS:
             if spec.choices:
@@ -185,35 +199,34 @@ class ScanPanel(QWidget):
             widget.setObjectName(f"field_{spec.path}")
             self.field_widgets[spec.path] = widget
             form.addRow(f"{spec.label}{f' ({spec.unit})' if spec.unit else ''}:", widget)
+        recipe_layout.addLayout(form)
         self.problems = QLabel("")
         self.problems.setObjectName("recipeProblems")
         self.problems.setWordWrap(True)
         self.problems.setStyleSheet("color:#b3261e;")
-        form.addRow(self.problems)
+        recipe_layout.addWidget(self.problems)
         self.save_recipe_button = QPushButton("Save recipe as…")
         self.save_recipe_button.setObjectName("saveRecipeButton")
         self.save_recipe_button.clicked.connect(self.save_recipe_as)
-        self.edit_recipe_button = QPushButton("Edit recipe file…")
+        self.edit_recipe_button = QPushButton("Edit recipe…")
         self.edit_recipe_button.setObjectName("editRecipeButton")
         self.edit_recipe_button.clicked.connect(self.edit_recipe_file)
         recipe_buttons = QHBoxLayout()
-        recipe_buttons.addWidget(self.save_recipe_button)
         recipe_buttons.addWidget(self.edit_recipe_button)
+        recipe_buttons.addWidget(self.save_recipe_button)
         recipe_buttons.addStretch(1)
-        form.addRow(recipe_buttons)
-        self.access_note = QLabel(
-            "Operators run recipes as they are. An engineer may change these fields: Access ▸ Log in as engineer."
-        )
-        self.access_note.setObjectName("recipeAccessNote")
-        self.access_note.setWordWrap(True)
-        self.access_note.setStyleSheet("color:#5f6368;")
-        form.insertRow(2, self.access_note)
+        recipe_layout.addLayout(recipe_buttons)
         for widget in self.field_widgets.values():
             self.access.gate(widget, Permission.EDIT_RECIPE, apply=_set_editable)
         self.access.gate(
             self.save_recipe_button, Permission.EDIT_RECIPE, "Write the recipe with the values above to a new file"
         )
-        self.access.gate(self.edit_recipe_button, Permission.EDIT_RECIPE, "Edit every field of the recipe file")
+        self.access.gate(
+            self.edit_recipe_button,
+            Permission.EDIT_RECIPE,
+            "Every field of the recipe in a form, checked as you type, with the plan",
+            apply=_set_form_button,
+        )
         self.access.changed.connect(self._session_changed)
 
         identity_box = QGroupBox("Wafer")
@@ -246,11 +259,13 @@ class ScanPanel(QWidget):
         identity.addRow("File:", self.file_name)
         identity.addRow(self.resume_box)
 
-        self.plan_text = QPlainTextEdit()
+        # a label, not a text box: in the scrolling column it shows every line of the plan at its natural height
+        self.plan_text = QLabel("")
         self.plan_text.setObjectName("planText")
-        self.plan_text.setReadOnly(True)
         self.plan_text.setFont(QFont("monospace", 9))
-        self.plan_text.setMinimumHeight(120)
+        self.plan_text.setWordWrap(True)
+        self.plan_text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.plan_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         plan_box = QGroupBox("Plan (before alignment)")
         QVBoxLayout(plan_box).addWidget(self.plan_text)
 
@@ -268,13 +283,31 @@ class ScanPanel(QWidget):
         for button in (self.start_button, self.pause_button, self.abort_button):
             buttons.addWidget(button)
 
+        column = QWidget()
+        column.setObjectName("scanColumn")
+        column_layout = QVBoxLayout(column)
+        column_layout.setContentsMargins(0, 0, 4, 0)
+        for box in (recipe_box, identity_box, plan_box):
+            box.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+            column_layout.addWidget(box)
+        column_layout.addStretch(1)
+        self.left_scroll = QScrollArea()
+        self.left_scroll.setObjectName("scanColumnScroll")
+        self.left_scroll.setWidgetResizable(True)
+        self.left_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.left_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.left_scroll.setWidget(column)
+        # the plan's headline stays in view with the buttons, whatever the column is scrolled to
+        self.plan_digest = QLabel("")
+        self.plan_digest.setObjectName("planDigest")
+        self.plan_digest.setWordWrap(True)
+        self.plan_digest.setStyleSheet("font-weight:bold;")
         left = QWidget()
         left_layout = QVBoxLayout(left)
         left_layout.setContentsMargins(0, 0, 0, 0)
-        left_layout.addWidget(recipe_box)
-        left_layout.addWidget(identity_box)
-        left_layout.addWidget(plan_box, 1)
-        left_layout.addLayout(buttons)
+        left_layout.addWidget(self.left_scroll, 1)
+        left_layout.addWidget(self.plan_digest)
+        left_layout.addLayout(buttons)  # outside the scrolling column: Start, Pause and Abort are always in view
 
         self.progress = QProgressBar()
         self.progress.setObjectName("scan_progress")
@@ -339,7 +372,9 @@ class ScanPanel(QWidget):
             self.recipe_data = load_toml(self.recipe_path)
         except SettingsError as error:
             self.recipe_data = {}
-            self.problems.setText("\n".join(error.problems))
+            self._show_problems("\n".join(error.problems))
+            self.plan_text.setText("")
+            self.plan_digest.setText("Plan: the recipe file cannot be read (see above).")
             self.recipe = None
             self._update_buttons()
             return
@@ -394,14 +429,22 @@ class ScanPanel(QWidget):
         self.log.appendPlainText(f"recipe saved: {path}")
         return True
 
-    def edit_recipe_file(self) -> None:
-        """Every field of the recipe file as TOML (engineers)."""
-        if not self.access.require(Permission.EDIT_RECIPE) or self.recipe_path is None:
-            return
-        editor = SettingsEditor(FileKind.RECIPE, self.recipe_path, self.access, self)
-        editor.exec()
-        if editor.saved_path is not None:
-            self.select_recipe(editor.saved_path)
+    def edit_recipe_file(self) -> RecipeEditor | None:
+        """Every field of the recipe in the recipe form (:class:`~app.gui.recipeform.RecipeEditor`): editable for
+        engineers (starting from the run fields as edited here), read-only for operators. A saved recipe is selected
+        here at once. Returns the form (None without a recipe)."""
+        if self.recipe_path is None:
+            return None
+        edited = self.edited() and self.access.allows(Permission.EDIT_RECIPE)
+        form = RecipeEditor(
+            self.recipe_path, self.access, self.runner, self, data=self.edited_data() if edited else None
+        )
+        form.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # one form per click: closed ones must not pile up
+        form.saved.connect(lambda path: self.select_recipe(Path(path)))
+        form.saved.connect(lambda path: self.log.appendPlainText(f"recipe saved: {path}"))
+        self.recipe_form = form
+        form.open()
+        return form
 
     def _validate(self) -> None:
         editable = self.access.allows(Permission.EDIT_RECIPE)
@@ -423,11 +466,12 @@ class ScanPanel(QWidget):
                     widget.setStyleSheet(ERROR_STYLE)
                     widget.setToolTip(problem if not widget.toolTip() else f"{widget.toolTip()}\n{problem}")
             shown = [f"• {problem}" for problem in error.problems]
-            self.problems.setText("Fix before scanning:\n" + "\n".join(shown))
-            self.plan_text.setPlainText("")
+            self._show_problems("Fix before scanning:\n" + "\n".join(shown))
+            self.plan_text.setText("")
+            self.plan_digest.setText("Plan: none until the recipe's problems are fixed.")
             self._update_buttons()
             return
-        self.problems.setText("")
+        self._show_problems("")
         recipe = self.recipe
         layout = recipe.layout()
         self.recipe_summary.setText(
@@ -439,9 +483,14 @@ class ScanPanel(QWidget):
             self.live_map.set_layout(layout)
         plan = plan_scan(recipe, Placement(), accel_um_s2=NOMINAL_ACCEL_UM_S2)
         note = "" if self.controller.is_connected else "\n(stage acceleration assumed 3000 mm/s² until connected)"
-        self.plan_text.setPlainText(plan.summary() + note)
+        self.plan_text.setText(plan.summary() + note)
+        self.plan_digest.setText(plan_digest(plan))
         self._chips_per_line = layout.chip_count / max(plan.line_count, 1)
         self._update_buttons()
+
+    def _show_problems(self, text: str) -> None:
+        self.problems.setText(text)
+        self.problems.setVisible(bool(text))  # an empty label still takes a line of the column
 
     def _widget_for(self, problem: str) -> QLineEdit | QComboBox | None:
         """The form field a problem names (its dotted path, possibly with an index: ``excitation.powers_w[1]``)."""
@@ -662,6 +711,28 @@ class ScanPanel(QWidget):
                 f"alignment: offset ({placement.offset_x_um:,.1f}, {placement.offset_y_um:,.1f}) µm, "
                 f"rotation {placement.rotation_deg:.4f}°"
             )
+
+
+def plan_digest(plan: ScanPlan) -> str:
+    """The plan in one line: lines, passes, data volume, duration.
+
+    Examples
+    --------
+    >>> from inspection.recipe import load_recipe
+    >>> plan = plan_scan(load_recipe("resources/recipes/demo-2in.toml"), Placement(), accel_um_s2=3e6)
+    >>> plan_digest(plan)
+    'Plan: 1,830 lines × 2 passes, 276.0 MB, about 0:29:36'
+    """
+    size = plan.data_bytes
+    volume = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    duration = str(datetime.timedelta(seconds=round(plan.estimated_duration_s)))
+    return f"Plan: {plan.line_count:,} lines × {plan.pass_count} passes, {volume}, about {duration}"
+
+
+def _set_form_button(button: QPushButton, allowed: bool) -> None:
+    """The recipe form opens for everybody: read-only for an operator (the tooltip says why)."""
+    button.setText("Edit recipe…" if allowed else "View recipe…")
+    button.setEnabled(True)
 
 
 def _set_editable(widget: QLineEdit | QComboBox, allowed: bool) -> None:

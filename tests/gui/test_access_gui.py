@@ -10,16 +10,16 @@ from PySide6.QtWidgets import QLineEdit
 
 from app.gui.access import LoginDialog
 from app.gui.dialogs import FileKind, file_problems, save_settings_file
-from inspection.access import Permission, Role, Session
+from inspection.access import AuditLog, Permission, Role, Session
 from tests.gui.conftest import COARSE_STATION, audit_entries
 
 COARSE_RECIPE = COARSE_STATION.parent / "coarse-recipe.toml"
 
 
-def log_in(qtbot, window, password: str) -> LoginDialog:
+def log_in(qtbot, window, password: str, user: str = "bob") -> LoginDialog:
     window.login()
     dialog = window.login_dialog
-    dialog.user.setText("bob")
+    dialog.user.setText(user)
     dialog.password.setText(password)
     dialog.submit()
     qtbot.waitUntil(dialog.buttons.isEnabled, timeout=10_000)
@@ -34,9 +34,12 @@ def test_operator_sees_engineer_actions_disabled_with_the_reason(qtbot, window) 
     assert isinstance(powers, QLineEdit) and powers.isReadOnly()
     assert not scan.field_widgets["sampling.mode"].isEnabled()
     assert "Engineers only" in powers.toolTip() and "Log in as engineer" in powers.toolTip()
-    for widget in (scan.save_recipe_button, scan.edit_recipe_button, station.edit_station_button):
+    for widget in (scan.save_recipe_button, station.edit_station_button):
         assert not widget.isEnabled()
         assert "Engineers only" in widget.toolTip()
+    # the recipe form opens for an operator too, read-only (tests/gui/test_recipe_form.py)
+    assert scan.edit_recipe_button.isEnabled() and scan.edit_recipe_button.text() == "View recipe…"
+    assert "Engineers only" in scan.edit_recipe_button.toolTip()
     assert station.station_file.isReadOnly()
     deploy = window.findChild(type(window.login_action), "deployAction")
     assert not deploy.isEnabled() and "only an engineer may deploy models" in deploy.toolTip()
@@ -67,6 +70,31 @@ def test_engineer_log_in_wrong_then_right_password_and_log_out(qtbot, window, en
     assert powers.text() == original and not window.scan.edited()
     actions = [(entry.action, entry.user) for entry in audit_entries(station_home)]
     assert actions == [("password_set", "admin"), ("login_failed", "bob"), ("login", "bob"), ("logout", "bob")]
+
+
+def test_after_an_engineer_logs_out_the_status_bar_shows_the_operator_again(
+    qtbot, window, engineer_password, tmp_path
+) -> None:
+    """Regression: the operator session after a log-out kept the engineer's name (inspection.access.logout)."""
+    operator = window.access.session
+    before = window.role_label.text()
+    assert before == f"Operator: {operator.user}"
+    engineer = "eng-" + operator.user  # never the operator's own name
+    dialog = log_in(qtbot, window, engineer_password, user=engineer)
+    qtbot.waitUntil(lambda: window.access.session.is_engineer, timeout=10_000)
+    assert not dialog.isVisible() and window.role_label.text() == f"ENGINEER: {engineer}"
+    window.login_button.click()  # Log out
+    assert window.access.session == operator
+    label = window.role_label.text()
+    assert label == before and "ENGINEER" not in label and engineer not in label
+    assert window.login_button.text() == "Log in as engineer…"
+    # also when the log-out cannot be audited (the fallback path): an audit log under a plain file
+    window.access.set_session(Session(engineer, Role.ENGINEER))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    window.access.log = AuditLog(blocker / "audit.jsonl")
+    window.access.logout()
+    assert window.access.session == operator and window.role_label.text() == before
 
 
 def test_no_engineer_password_says_how_to_set_one(qtbot, window) -> None:

@@ -18,10 +18,14 @@ from PySide6.QtWidgets import QPushButton
 
 from app.gui import exporting
 from app.gui.resultdialogs import analysis_settings_from_texts
+from drivers.virtual.profile import load_profile
+from drivers.virtual.synthetic import write_synthetic_scan
 from inspection.bins import NO_CHIP, DefectClass, default_bin_table
 from inspection.history import History
+from inspection.recipe import load_recipe
 from inspection.scanfile import ScanStatus
 from tests.gui.conftest import audit_entries, open_scan
+from tests.gui.data import DEMO_PROFILE, DEMO_RECIPE, MIDDLE
 
 E142 = {"e": "urn:semi-org:xsd.E142-1.V1005.SubstrateMap"}
 
@@ -233,6 +237,66 @@ def test_analyse_again_with_other_settings(qtbot, window, review_scan, tmp_path,
         ("analysis", "ok", ""),
         ("classification", "failed", "cancelled in the window"),
     ]
+
+
+def test_analyse_now_classifies_as_plmapper_analyze_then_shows_the_bin_map(qtbot, window, tmp_path, station_home):
+    """Regression: Analyse now (the banner of a file without results) ran the pipeline but did not classify."""
+    path = tmp_path / "raw.h5"
+    write_synthetic_scan(path, load_profile(DEMO_PROFILE), load_recipe(DEMO_RECIPE), lines=MIDDLE)
+    cli = tmp_path / "cli.h5"
+    shutil.copyfile(path, cli)
+    window.open_file(path)
+    qtbot.waitUntil(lambda: window.review.document is not None, timeout=20_000)
+    review = window.review
+    assert not review.document.has_results and review.banner_button.text() == "Analyse now"
+    with qtbot.waitSignal(window.runner.busy, timeout=5_000) as busy:
+        review.banner_button.click()
+    assert busy.args == [True] and not window.cancel_button.isHidden()  # progress with Cancel
+    assert review.document is None  # let go: the analysis writes the file
+    qtbot.waitUntil(
+        lambda: review.document is not None and review.document.has_classification and review.image is not None,
+        timeout=120_000,
+    )
+    assert window.last_error is None, window.last_error
+    assert review.layer.key == "bin" and review.banner.isHidden()
+    message = window.statusBar().currentMessage()
+    assert "analysed in" in message and "classified (" in message
+    _, operations = history_of(station_home, path)
+    assert [(op.kind, op.status) for op in operations] == [("analysis", "ok"), ("classification", "ok")]
+    (entry,) = audit_entries(station_home)
+    assert entry.action == "classified" and entry.details["file"] == str(path)
+    # the same bins as the command line's `plmapper analyze` (no model deployed here: the rule layer)
+    from inspection import api  # noqa: PLC0415 - imports scikit-learn
+
+    api.analyze(cli, record=False)
+    api.classify(cli, options=api.classifier_options("deployed", None), record=False)
+    for name in ("classification/defect_class", "classification/el_fail_probability"):
+        np.testing.assert_array_equal(stored(path, name), stored(cli, name))
+    assert stored_attribute(path, "classification", "classifier_json") == stored_attribute(
+        cli, "classification", "classifier_json"
+    )
+
+
+def test_analyse_now_cancelled_while_classifying_says_the_file_is_not_classified(qtbot, window, tmp_path) -> None:
+    path = tmp_path / "raw.h5"
+    write_synthetic_scan(path, load_profile(DEMO_PROFILE), load_recipe(DEMO_RECIPE), lines=MIDDLE)
+    window.open_file(path)
+    qtbot.waitUntil(lambda: window.review.document is not None, timeout=20_000)
+    task = window.analyse_file()
+
+    def cancel_when_classifying(message: str) -> None:  # on the worker: before its next report
+        if message.startswith("classified rows"):
+            task.cancel()
+
+    direct = Qt.ConnectionType.DirectConnection
+    task.signals.progress.connect(lambda _, fraction, message: cancel_when_classifying(message), direct)
+    qtbot.waitUntil(lambda: window.last_error is not None, timeout=120_000)
+    assert window.last_error[0] == "Classification cancelled"
+    assert "was analysed, but it was not classified" in window.last_error[1]
+    qtbot.waitUntil(lambda: window.review.document is not None, timeout=30_000)
+    document = window.review.document
+    assert document.has_results and not document.has_classification
+    assert window.review.banner_button.text() == "Classify…"
 
 
 def test_analysis_again_is_refused_for_a_map_without_raw_lines(qtbot, window, review_scan, tmp_path) -> None:

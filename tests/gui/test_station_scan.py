@@ -62,7 +62,8 @@ def test_station_scan_and_live_map(qtbot, window, tmp_path: Path, station_home: 
     # a whole scan of the coarse wafer; the live map fills in as lines arrive
     scan = window.scan
     scan.select_recipe(COARSE_RECIPE)
-    assert scan.recipe is not None and "lines per pass" in scan.plan_text.toPlainText()
+    assert scan.recipe is not None and "lines per pass" in scan.plan_text.text()
+    assert scan.plan_digest.text().startswith("Plan: ") and "lines × 2 passes" in scan.plan_digest.text()
     scan.folder.setText(str(tmp_path))
     scan.lot.setText("L7")
     scan.wafer.setText("W3")
@@ -116,14 +117,18 @@ def test_station_scan_and_live_map(qtbot, window, tmp_path: Path, station_home: 
         lambda s: max(abs(s.x_um - x_um), abs(s.y_um - y_um), abs(s.z_um - focus_z_um)) < 1.0,
         timeout=20_000,
     )
-    # Analyse now: the analysis is recorded too
+    # Analyse now: analysed, then classified (as `plmapper analyze`), both recorded; the bin map is shown
     window.review.banner_button.click()
-    qtbot.waitUntil(lambda: window.review.document is not None and window.review.document.has_results, timeout=60_000)
+    qtbot.waitUntil(
+        lambda: window.review.document is not None and window.review.document.has_classification, timeout=60_000
+    )
+    qtbot.waitUntil(lambda: window.review.layer is not None and window.review.layer.key == "bin", timeout=10_000)
     with History(station_home / "history.sqlite") as history:
         operations = history.operations(record.id)
     assert [(operation.kind, operation.status) for operation in operations] == [
         ("scan", "complete"),
         ("analysis", "ok"),
+        ("classification", "ok"),
     ]
 
 
@@ -137,7 +142,7 @@ def test_recipe_problems_are_shown_on_the_field(qtbot, window) -> None:
     assert scan.recipe is None
     assert "strictly ascending" in powers.toolTip()
     assert "border" in powers.styleSheet()
-    assert not scan.start_button.isEnabled()
+    assert not scan.start_button.isEnabled() and "none until" in scan.plan_digest.text()
     rate = scan.field_widgets["sampling.sample_rate_hz"]
     assert rate.styleSheet() == ""
     powers.setText("2, 20")
