@@ -82,6 +82,7 @@ __all__ = [
     "LotSummary",
     "OperationRecord",
     "OperationResult",
+    "OperationStopped",
     "Recorder",
     "ScanHandle",
     "ScanRecord",
@@ -1213,13 +1214,17 @@ class Recorder:
         self, path: str | Path, kind: str, details: dict[str, Any] | None = None, *, register_as: str = "registered"
     ) -> Iterator[OperationResult]:
         """Record ``kind`` on ``path`` around a block: ``ok`` when it ends, ``failed`` with the error's text when
-        it raises, ``stopped`` on Ctrl-C. The block fills in ``result.details`` / ``result.classification``."""
+        it raises, ``stopped`` on Ctrl-C or :class:`OperationStopped`. The block fills in ``result.details`` /
+        ``result.classification``."""
         operation_id = self.begin_operation(path, kind, details, register_as=register_as)
         result = OperationResult()
         try:
             yield result
         except KeyboardInterrupt:
             self.end_operation(operation_id, "stopped", "stopped by Ctrl-C")
+            raise
+        except OperationStopped as stop:
+            self.end_operation(operation_id, "stopped", str(stop) or "stopped")
             raise
         except BaseException as error:
             self.end_operation(operation_id, "failed", str(error) or type(error).__name__)
@@ -1243,6 +1248,11 @@ class Recorder:
         if self._history is not None:
             self._history.close()
             self._history = None
+
+
+class OperationStopped(Exception):  # noqa: N818 - a request to stop, not an error
+    """Raised inside :meth:`Recorder.operation` when a person stops the work (a Cancel button): recorded as
+    ``stopped`` with the exception's text, not as ``failed``."""
 
 
 @dataclass

@@ -43,6 +43,7 @@ import numpy as np
 
 from inspection.bins import NO_CHIP, BinTable, DefectClass, bin_table_from_json
 from inspection.el_reference import EL_DTYPE, FAIL_MODE_UNSPECIFIED, NO_PL_SIGNATURE, ElFailMode
+from inspection.history import OperationStopped
 from inspection.pipeline import CHIP_DTYPE, RESULTS_FORMAT_VERSION, ChipFlag
 from inspection.recipe import Recipe, recipe_from_text
 from inspection.scanfile import ScanFile, ScanStatus
@@ -110,8 +111,8 @@ EL_VALUE_FIELDS = {
 """EL measurements offered as layers: key -> (EL_DTYPE field, label, unit; the intensity's unit is the file's)."""
 
 
-class TaskCancelled(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """The operator cancelled the work."""
+class TaskCancelled(OperationStopped):
+    """The operator cancelled the work (the scan history records a recorded operation as ``stopped``)."""
 
 
 def overview_factor(shape: tuple[int, int]) -> int:

@@ -235,7 +235,7 @@ def test_analyse_again_with_other_settings(qtbot, window, review_scan, tmp_path,
     _, operations = history_of(station_home, path)
     assert [(op.kind, op.status, op.message) for op in operations[2:]] == [
         ("analysis", "ok", ""),
-        ("classification", "failed", "cancelled in the window"),
+        ("classification", "stopped", "cancelled in the window"),
     ]
 
 
