@@ -55,8 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import h5py
-
 from drivers.errors import InstrumentError
 from drivers.station import Station, StationConfig, connect, load_station_config
 from inspection import api
@@ -67,7 +65,7 @@ from inspection.pipeline import AnalysisSettings, RegistrationError
 from inspection.plan import ScanPlan
 from inspection.recipe import load_recipe
 from inspection.scan import ScanEngine, ScanProgress
-from inspection.scanfile import ScanFileError, ScanStatus
+from inspection.scanfile import ScanFileError, ScanStatus, open_hdf5
 from inspection.settings import SettingsError, load_toml
 
 if TYPE_CHECKING:
@@ -681,7 +679,7 @@ def _existing_state(path: Path) -> tuple[str, bool] | None:
     except (OSError, ScanFileError):
         return None
     try:
-        with h5py.File(path, "r") as file:
+        with open_hdf5(path) as file:
             done = "results" in file and "classification" in file
     except OSError:
         done = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ from app.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL, main
 from drivers.virtual.profile import load_profile
 from drivers.virtual.synthetic import write_synthetic_scan
 from drivers.virtual.world import WaferWorld
-from inspection.batch import check_plan, load_batch_plan
+from inspection.batch import BatchHooks, check_plan, load_batch_plan, run_batch
 from inspection.classify import classify_scan, read_classification
+from inspection.distributed import ClusterSettings
 from inspection.history import History, classification_record
 from inspection.pipeline import analyze_scan
 from inspection.recipe import load_recipe
+from inspection.scan import ScanEngine, ScanProgress
 from inspection.settings import SettingsError
 from inspection.wafer import Placement
 from tests.test_distributed import assert_bit_identical, stored
@@ -245,3 +248,41 @@ def test_a_lot_analysed_on_a_local_cluster(tmp_path: Path, home: Path, capsys) -
         (failed,) = [record for record in history.scans(limit=None) if Path(record.path).name == "W02.h5"]
         ((kind, status, message),) = [(op.kind, op.status, op.message) for op in history.operations(failed.id)]
         assert (kind, status) == ("analysis", "failed") and "off their indices" in message
+
+
+@pytest.mark.slow
+def test_a_lot_stopped_on_a_cluster_keeps_the_analyses_already_there(tmp_path: Path, home: Path) -> None:
+    """Stopped (as Ctrl-C does: the stop flag set, the scan aborted) during W02's scan, with W01's analysis on the
+    cluster: W01's analysis finishes and is recorded, W02 is stopped and resumable, W03 is not started."""
+    tiny_recipe(tmp_path)
+    plan_path = tmp_path / "lot.toml"
+    wafers = "".join(f'[[wafers]]\nslot = {slot}\nwafer = "W0{slot}"\n' for slot in (1, 2, 3))
+    plan_path.write_text(f'lot = "LB3"\nrecipe = "tiny.toml"\nstation = "{STATION}"\n{wafers}')
+    stop = threading.Event()
+    engines: list[ScanEngine] = []
+
+    def stop_during_the_second_scan(progress: ScanProgress) -> None:
+        if len(engines) == 2 and not stop.is_set():
+            stop.set()
+            engines[-1].abort()
+
+    hooks = BatchHooks(on_engine=engines.append, on_progress=stop_during_the_second_scan)
+    result = run_batch(
+        load_batch_plan(plan_path),
+        hooks=hooks,
+        stop=stop,
+        cluster=ClusterSettings(workers=2),
+    )
+    first, second, third = result.wafers
+    assert result.stopped and result.status == "stopped"
+    assert (first.status, first.scan_status) == ("ok", "complete") and first.yield_fraction is not None
+    assert second.status == "stopped" and "resumable" in second.message and second.scan_status == "aborted"
+    assert third.status == "not started" and not third.path.exists()
+    assert read_classification(first.path) is not None and read_classification(second.path) is None
+    with History(home / "history.sqlite") as history:
+        (record,) = [scan for scan in history.scans(limit=None) if scan.wafer_id == "W01"]
+        assert [(op.kind, op.status) for op in history.operations(record.id)] == [
+            ("scan", "complete"),
+            ("analysis", "ok"),
+            ("classification", "ok"),
+        ]
