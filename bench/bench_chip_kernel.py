@@ -9,9 +9,10 @@ The grid is aligned with the lines (what OpenCV's block means and ``np.add.reduc
 Measured, each as the median of several runs taken in turn (another process may share the CPU), and printed
 with its ratio to the kernel:
 
-* the kernel, in bands of chip rows as the analysis pipeline calls it: all 12 fields (footprint, core, street,
-  moments, saturation) for every chip; its CPU time; its accumulators' initialisation (zeros, -inf) on its own
-  line; and the kernel without its AVX2 fast path (what a CPU without AVX2 gets);
+* the kernel, in bands of chip rows as the analysis pipeline calls it (accumulators from
+  ``kernels.accumulators``, as the pipeline makes them): all 12 fields (footprint, core, street, moments,
+  saturation) for every chip; its CPU time; its accumulators' initialisation (zeros, -inf) on its own line; and
+  the kernel without its AVX2 fast path (what a CPU without AVX2 gets);
 * per-chip footprint sum + count (2 of the kernel's 12 fields) with NumPy, three ways, from the most general to
   the most specialised: ``np.bincount`` on a precomputed label image (the label image, computed per sample as the
   kernel's geometry defines it, timed on its own and added: any geometry); ``np.add.reduceat`` over the
@@ -110,9 +111,10 @@ def label_image(image: np.ndarray) -> np.ndarray:
 
 
 def band_accumulators() -> dict[int, np.ndarray]:
-    """The accumulators of a band, by its number of chip rows (made once: the pipeline reuses them too)."""
+    """The accumulators of a band, by its number of chip rows (made once), laid out as the pipeline makes them
+    (``kernels.accumulators``: fields in distinct cache sets)."""
     heights = {min(BAND_ROWS, ROWS - first) for first in range(0, ROWS, BAND_ROWS)}
-    return {height: np.zeros((kernels.FIELD_COUNT, height, COLS)) for height in heights}
+    return {height: kernels.accumulators(height, COLS) for height in heights}
 
 
 def kernel_run(image: np.ndarray, acc: dict[int, np.ndarray], *, init_only: bool = False) -> np.ndarray:
@@ -273,10 +275,11 @@ def two_core_read(image: np.ndarray, pool: ThreadPoolExecutor) -> float:
 
 
 def accumulator_pass(acc: dict[int, np.ndarray]) -> None:
-    """One read-and-write pass over the accumulators of every band, as many bands as the kernel fills."""
+    """One read-and-write pass over the accumulators of every band, as many bands as the kernel fills: field by
+    field (each a contiguous array; NumPy takes 4x longer over the padded (fields, rows, cols) view at once)."""
     for first in range(0, ROWS, BAND_ROWS):
-        band = acc[min(first + BAND_ROWS, ROWS) - first]
-        np.add(band, 0.0, out=band)
+        for field in acc[min(first + BAND_ROWS, ROWS) - first]:
+            np.add(field, 0.0, out=field)
 
 
 def timed(function: Callable[[], object]) -> float:

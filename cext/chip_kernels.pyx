@@ -18,25 +18,33 @@ floating-point operations decide, bit for bit. Lines along chip rows are the fas
 (lines that move more than half a cell per sample, or too little for the formula to decide, go cell by cell with
 exact tests and bisection).
 
-Two ways to sum a chunk of 64 chips. The fast path (C with AVX2, below; taken when the CPU has AVX2, see
+Two ways to sum a chunk of 64 chips. The fast path (C with AVX2 and FMA, below; taken when the CPU has both, see
 :func:`fast_path`) does whole chunks whose samples are all below the saturation level and whose crossings the
-formula decides, which is nearly all of them: four chips' crossings per instruction, each chip's street,
-footprint (sum, maximum, Σ i·x) and core in four lanes of doubles from float32 loads, with the zones as lane masks,
-and the twelve fields of four chips made and added to ``acc`` together, once per chip and line. The offset sums
-come from the first footprint sample's offset u0 (Σ u = n·u0 + d·n(n-1)/2, Σ u·x = u0·Σ x + d·Σ i·x), with u0
-computed to a few units of roundoff (a compensated sum: the rounding of its position would be counted n times):
-they differ from the reference's only by the reference's own rounding of each sample's position (half an ulp:
-at most 9e-13 pitch below chip column 16,384), inside the sums' stated accuracy. Every other chunk (a saturated or
-non-finite sample, a crossing for the exact test, the last few samples of the caller's array, a CPU without
-AVX2) takes the slow path: one chip at a time, sample by sample, each sample tested for saturation.
+formula decides, which is nearly all of them: four chips' crossings per instruction, each chip's street, footprint
+(sum, maximum, Σ j·x) and core in four lanes of doubles from float32 loads, with the zones as lane masks, and the
+twelve fields of four chips made and added to ``acc`` together, once per chip and line. A chunk whose cells all have
+8 to 12 samples (10 samples a pitch, as on the 8" example wafer) goes through straight code: three vectors of
+samples per cell, its zones as range masks loaded from a table (no compares), four cells' lanes added straight into
+their fields (no lanes stored in between), the street as the cell less the footprint, saturation tested on the
+cells' maxima and sums rather than by a pass over the samples first (four cells with a saturated sample go the slow
+way). The samples are asked for ahead of time (prefetch), spread over the chunk before. The offset sums come from
+the offset u0 of the sample the moments count from (Σ u = n·u0 + d·Σ j, Σ u·x = u0·Σ x + d·Σ j·x), with u0 computed
+to a few units of roundoff (a compensated sum: the rounding of its position would be counted n times): they differ
+from the reference's only by the reference's own rounding of each sample's position (half an ulp: at most 9e-13
+pitch below chip column 16,384), inside the sums' stated accuracy. The sums stay in float64: in float32 (eight lanes
+an instruction instead of four) a chip's sum of 10 samples would be off by ~1e-7 of itself, not the ~1e-15 the tests
+and the reference's definition hold it to. Every other chunk (a saturated or non-finite sample, a crossing for the
+exact test, the last few samples of the caller's array, a CPU without AVX2 or FMA) takes the slow path: one chip at
+a time, sample by sample, each sample tested for saturation.
 
-Threads. The band is cut into blocks of 32 rows × 512 columns of chips, and the blocks into 8 classes (block
-row + block column, modulo 8); each class is a task, and a task walks every line but sums only the chips of its
-blocks, in line order, straight into the caller's array. A chip is only ever written by one task, always in the
-same order: the result is bit-identical from run to run and for any number of threads, and needs no scratch
-copy of the band and no merge. (The fast and the slow path add in different orders: without AVX2 the counts and
-maxima are the same, the sums equal to rounding.) On a machine shared with other busy processes, run with
-``OMP_WAIT_POLICY=passive``: by default a thread out of work spins, and takes CPU from the one still working.
+Threads. The band is cut into blocks of 32 rows × 512 columns of chips, and the blocks into 8 classes (block row +
+block column, modulo 8); each class is a task, and a task walks every line but sums only the chips of its blocks, in
+line order, straight into the caller's array. A chip is only ever written by one task, always in the same order: the
+result is bit-identical from run to run and for any number of threads, and needs no scratch copy of the band and no
+merge. Make ``acc`` with :func:`accumulators`: its fields do not share cache sets. (The fast and the slow path add
+in different orders: without AVX2 the counts and maxima are the same, the sums equal to rounding.) On a machine
+shared with other busy processes, run with ``OMP_WAIT_POLICY=passive``: by default a thread out of work spins, and
+takes CPU from the one still working.
 """
 
 from cython.parallel cimport prange
@@ -410,10 +418,11 @@ cdef inline void _sum_foot_slanted(const float *values, int64_t start, int64_t s
 
 cdef extern from *:
     """
-    /* The fast path of accumulate_lines: whole chunks of cells of a line, AVX2 (compiled for it whatever the build's
-       flags, run only on a CPU that has it: plm_init). Everything the slow path decides sample by sample is decided
-       here for 64 cells at once from the crossing formula, and a chunk it cannot take exactly (a crossing too near a
-       sample for the formula, a saturated sample, the end of the caller's array) is left to the slow path whole. */
+    /* The fast path of accumulate_lines: whole chunks of cells of a line, AVX2 and FMA (compiled for them whatever
+       the build's flags, run only on a CPU that has them: plm_can_be_fast). Everything the slow path decides sample
+       by sample is decided here for 64 cells at once from the crossing formula, and a chunk it cannot take exactly
+       (a crossing too near a sample for the formula, a saturated sample, the end of the caller's array) is left to
+       the slow path whole. */
     #include <string.h>
 
     #define PLM_CHUNK 64 /* cells per chunk at most */
@@ -441,7 +450,7 @@ cdef extern from *:
 
     #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
     #include <immintrin.h>
-    #define PLM_AVX2 __attribute__((target("avx2"), always_inline)) static inline
+    #define PLM_AVX2 __attribute__((target("avx2,fma"), always_inline)) static inline
 
     /* The first sample past each crossing whose real sample index the formula puts at `est`: ceil(est), which is the
        exact answer when est is further than the margin from an integer (see _past_estimate). *near collects
@@ -533,6 +542,155 @@ cdef extern from *:
         *lo = d - *hi;
     }
 
+    /* Range masks for cells of up to PLM_SHORT samples: plm_masks[(lo * (PLM_SHORT + 1) + hi) * PLM_SHORT + j] has
+       every bit set when lo <= j < hi, none otherwise. A cell's footprint, core and extent are three such masks over
+       its samples (lane j: sample j from the cell's first): loaded with the samples, where compares against the
+       crossings would take two instructions a mask and vector. Only the entries the data uses are ever read. */
+    #define PLM_SHORT 12
+    #define PLM_MASK_ROW ((PLM_SHORT + 1) * PLM_SHORT)
+    static double plm_masks[(PLM_SHORT + 1) * PLM_MASK_ROW] __attribute__((aligned(32)));
+
+    static void plm_make_masks(void) {
+        const unsigned long long bits[2] = {0ULL, ~0ULL};
+        for (int lo = 0; lo <= PLM_SHORT; lo++)
+            for (int hi = 0; hi <= PLM_SHORT; hi++)
+                for (int j = 0; j < PLM_SHORT; j++)
+                    memcpy(&plm_masks[lo * PLM_MASK_ROW + hi * PLM_SHORT + j], &bits[lo <= j && j < hi],
+                           sizeof(double));
+    }
+
+    /* One short cell's sums in four lanes (lane l: its samples l, l + 4, l + 8 from the cell's first, `x`): the
+       whole cell (its street is the cell less the footprint: one subtraction for four cells, after the lanes are
+       added, where masking the street out would take six instructions a cell), footprint (sum, Σ j·x over its
+       samples j, maximum) and core, with the range masks. The cell has 8 to 12 samples: only the last four lanes need
+       its extent. `high`: the lanes' maxima over the cell's samples (and 0), for the saturation test (see
+       plm_sum_chunk). Reads 12 samples. The products j·x are exact (x a float, j < 16), so a fused multiply-add
+       gives the same double as the multiply and add it replaces. */
+    PLM_AVX2 void plm_short_cell(const float *x, const double *foot_mask, const double *core_mask,
+                                 const double *cell_mask, __m256d *cell, __m256d *foot, __m256d *core,
+                                 __m256d *moment, __m256d *top, __m256d *high) {
+        const __m256d index0 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), index1 = _mm256_set_pd(7.0, 6.0, 5.0, 4.0);
+        const __m256d index2 = _mm256_set_pd(11.0, 10.0, 9.0, 8.0), neg = _mm256_set1_pd(-__builtin_inf());
+        const __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(x)), x1 = _mm256_cvtps_pd(_mm_loadu_ps(x + 4));
+        const __m256d x2 = _mm256_cvtps_pd(_mm_loadu_ps(x + 8));
+        const __m256d on0 = _mm256_load_pd(foot_mask), on1 = _mm256_load_pd(foot_mask + 4);
+        const __m256d on2 = _mm256_load_pd(foot_mask + 8);
+        const __m256d v0 = _mm256_and_pd(on0, x0), v1 = _mm256_and_pd(on1, x1), v2 = _mm256_and_pd(on2, x2);
+        *foot = _mm256_add_pd(_mm256_add_pd(v0, v1), v2);
+        *core = _mm256_add_pd(_mm256_add_pd(_mm256_and_pd(_mm256_load_pd(core_mask), x0),
+                                            _mm256_and_pd(_mm256_load_pd(core_mask + 4), x1)),
+                              _mm256_and_pd(_mm256_load_pd(core_mask + 8), x2));
+        const __m256d last = _mm256_and_pd(_mm256_load_pd(cell_mask + 8), x2); /* (0 past the cell) */
+        *cell = _mm256_add_pd(_mm256_add_pd(x0, x1), last);
+        *high = _mm256_max_pd(_mm256_max_pd(x0, x1), last);
+        *moment = _mm256_fmadd_pd(v2, index2, _mm256_fmadd_pd(v1, index1, _mm256_mul_pd(v0, index0)));
+        *top = _mm256_max_pd(_mm256_max_pd(_mm256_blendv_pd(neg, x0, on0), _mm256_blendv_pd(neg, x1, on1)),
+                             _mm256_blendv_pd(neg, x2, on2));
+    }
+
+    /* Samples [from, to) + ahead asked for ahead of time, into the L1 cache, a line (16 samples) at a time. Each
+       group of four cells asks for the samples `ahead` past its own: with `ahead` between one and two chunks' worth
+       of samples, every sample of a chunk has been asked for by the chunks before it when the chunk's first step
+       reads them (a chunk's own requests would come too late for that step), and the requests are spread out,
+       a few per group: as many at once filled the cache's queue of misses and was slower. Without them each
+       chunk's first step waited for memory (the hardware prefetcher did not keep up): 15-20 % of the time. */
+    PLM_AVX2 void plm_prefetch(const plm_run *run, long long from, long long to, long long ahead) {
+        if (to + ahead + 16 > run->readable)
+            return;
+        for (long long at = from + ahead; at < to + ahead; at += 16)
+            _mm_prefetch((const char *)(run->values + at), _MM_HINT_T0);
+    }
+
+    /* Four cells' fields from their sums (each field four cells in one vector: see plm_sum_chunk, step 3), added to
+       acc. `anchor`: the sample the moments count from; Σ j over the footprint's samples j from it is `index_sum`. */
+    typedef struct {
+        double *n_foot, *sum_foot, *max_foot, *n_core, *sum_core, *n_street, *sum_street;
+        double *inner_sum, *inner_moment, *outer_sum, *outer_moment;
+        long long stride; /* between neighbouring cells' fields (negative for a line that runs backwards) */
+        int contiguous;   /* four cells' fields are four neighbouring doubles */
+    } plm_fields;
+
+    PLM_AVX2 void plm_add_fields(const plm_run *run, const plm_fields *f, long long i, long long m, __m256d centre,
+                                 __m256d street, __m256d foot, __m256d core, __m256d moment, __m256d top,
+                                 __m256d s, __m256d e, __m256d a, __m256d b, __m256d ca, __m256d cb,
+                                 __m256d anchor) {
+        const __m256d d = _mm256_set1_pd(run->d), outer_d = _mm256_set1_pd(run->outer_d);
+        const __m256d half = _mm256_set1_pd(0.5), one = _mm256_set1_pd(1.0);
+        double split[4];
+        plm_split(run->d, &split[0], &split[1]);
+        plm_split(run->outer_d, &split[2], &split[3]);
+        __m256d n = _mm256_sub_pd(b, a);
+        /* Σ (j - anchor) over the footprint's samples j: n·(a - anchor) + n(n-1)/2 */
+        __m256d index_sum = _mm256_add_pd(_mm256_mul_pd(n, _mm256_sub_pd(a, anchor)),
+                                          _mm256_mul_pd(_mm256_mul_pd(half, n), _mm256_sub_pd(n, one)));
+        /* the anchor sample's offset from the centre */
+        __m256d u0 = plm_offset(_mm256_set1_pd(run->p0), anchor, _mm256_set1_pd(split[0]), _mm256_set1_pd(split[1]),
+                                centre);
+        __m256d cores = _mm256_sub_pd(cb, ca);
+        __m256d streets = _mm256_sub_pd(_mm256_sub_pd(e, s), n);
+        __m256d isum = _mm256_add_pd(_mm256_mul_pd(n, u0), _mm256_mul_pd(d, index_sum));
+        __m256d imoment = _mm256_add_pd(_mm256_mul_pd(u0, foot), _mm256_mul_pd(d, moment));
+        __m256d osum, omoment;
+        if (run->outer_constant) {
+            const __m256d outer_offset = _mm256_set1_pd(run->outer_offset);
+            osum = _mm256_mul_pd(outer_offset, n);
+            omoment = _mm256_mul_pd(outer_offset, foot);
+        } else {
+            __m256d v0 = plm_offset(_mm256_set1_pd(run->outer_p0), anchor, _mm256_set1_pd(split[2]),
+                                    _mm256_set1_pd(split[3]), _mm256_set1_pd(run->outer_centre));
+            osum = _mm256_add_pd(_mm256_mul_pd(n, v0), _mm256_mul_pd(outer_d, index_sum));
+            omoment = _mm256_add_pd(_mm256_mul_pd(v0, foot), _mm256_mul_pd(outer_d, moment));
+        }
+        if (f->contiguous && i + 4 <= m) {
+            long long at = i;
+            if (run->sign < 0) { /* cells i .. i + 3 at chip0 - i .. chip0 - i - 3 */
+                at = -i - 3;
+                n = plm_reverse(n), foot = plm_reverse(foot), top = plm_reverse(top);
+                cores = plm_reverse(cores), core = plm_reverse(core), streets = plm_reverse(streets);
+                street = plm_reverse(street), isum = plm_reverse(isum), imoment = plm_reverse(imoment);
+                osum = plm_reverse(osum), omoment = plm_reverse(omoment);
+            }
+            plm_add4(f->n_foot + at, n);
+            plm_add4(f->sum_foot + at, foot);
+            _mm256_storeu_pd(f->max_foot + at, _mm256_max_pd(top, _mm256_loadu_pd(f->max_foot + at)));
+            plm_add4(f->n_core + at, cores);
+            plm_add4(f->sum_core + at, core);
+            plm_add4(f->n_street + at, streets);
+            plm_add4(f->sum_street + at, street);
+            plm_add4(f->inner_sum + at, isum);
+            plm_add4(f->inner_moment + at, imoment);
+            plm_add4(f->outer_sum + at, osum);
+            plm_add4(f->outer_moment + at, omoment);
+            return;
+        }
+        double out[11][4] __attribute__((aligned(32)));
+        _mm256_store_pd(out[0], n);
+        _mm256_store_pd(out[1], foot);
+        _mm256_store_pd(out[2], top);
+        _mm256_store_pd(out[3], cores);
+        _mm256_store_pd(out[4], core);
+        _mm256_store_pd(out[5], streets);
+        _mm256_store_pd(out[6], street);
+        _mm256_store_pd(out[7], isum);
+        _mm256_store_pd(out[8], imoment);
+        _mm256_store_pd(out[9], osum);
+        _mm256_store_pd(out[10], omoment);
+        for (long long l = 0; l < 4 && i + l < m; l++) {
+            long long at = (i + l) * f->stride;
+            f->n_foot[at] += out[0][l];
+            f->sum_foot[at] += out[1][l];
+            f->max_foot[at] = out[2][l] > f->max_foot[at] ? out[2][l] : f->max_foot[at];
+            f->n_core[at] += out[3][l];
+            f->sum_core[at] += out[4][l];
+            f->n_street[at] += out[5][l];
+            f->sum_street[at] += out[6][l];
+            f->inner_sum[at] += out[7][l];
+            f->inner_moment[at] += out[8][l];
+            f->outer_sum[at] += out[9][l];
+            f->outer_moment[at] += out[10][l];
+        }
+    }
+
     /* Sum up to `cells` cells (1 to PLM_CHUNK) of the run from cell `c`, which holds sample `k`, up to sample `stop`,
        and add them to acc. Returns the number of cells done and sets *next to the sample after them, or returns 0
        (nothing done) when the fast path cannot take them exactly: the caller then sums them the slow way.
@@ -540,21 +698,24 @@ cdef extern from *:
        1. Where the line leaves each cell, then where it enters and leaves its footprint and core, four cells at a
           time from each cell's own index (no cell waits for the one before), clamped into the cell as the slow path
           clamps them.
-       2. Each cell's sums in four lanes of doubles: its street runs before and after the footprint, and the
-          footprint from its first sample (sum, Σ i·x with i from that sample, maximum) with the core as a mask.
+       2. Each cell's sums in four lanes of doubles: its street, its footprint (sum, Σ j·x, maximum) and its core.
+          Short cells (up to PLM_SHORT samples, as at 10 samples a pitch) in straight code with the range masks, four
+          cells at a time straight into step 3; longer ones with loops, the street runs before and after the
+          footprint on their own, the core as a mask made by compares.
        3. Four cells at a time: their lanes added (plm_sum4), the fields made (counts from the crossings, the offset
-          sums from the first footprint sample's offset u0: Σ u = n·u0 + d·n(n-1)/2 and Σ u·x = u0·Σ x + d·Σ i·x),
-          and added to four chips' fields at once.
+          sums from the offset u0 of the sample the moments count from: Σ u = n·u0 + d·Σ j and Σ u·x = u0·Σ x +
+          d·Σ j·x), and added to four chips' fields at once.
        Every chip gets its sums from one chunk per run, each added in a fixed order: the same result every time. */
-    __attribute__((target("avx2"))) static long long plm_sum_chunk(const plm_run *run, long long c, long long k,
-                                                                   long long stop, long long cells, long long *next) {
+    __attribute__((target("avx2,fma"))) static long long plm_sum_chunk(const plm_run *run, long long c, long long k,
+                                                                       long long stop, long long cells,
+                                                                       long long *next, int *short_cells) {
         /* cell i: samples [bound[i], bound[i + 1]), footprint [f0[i], f1[i]), core [c0[i], c1[i]) */
         double bound[PLM_CHUNK + 8] __attribute__((aligned(32)));
         double f0[PLM_CHUNK + 4] __attribute__((aligned(32))), f1[PLM_CHUNK + 4] __attribute__((aligned(32)));
         double c0[PLM_CHUNK + 4] __attribute__((aligned(32))), c1[PLM_CHUNK + 4] __attribute__((aligned(32)));
-        /* each cell's sums, still in lanes */
-        __m256d lane_street[PLM_CHUNK + 4], lane_foot[PLM_CHUNK + 4], lane_core[PLM_CHUNK + 4];
-        __m256d lane_moment[PLM_CHUNK + 4], lane_top[PLM_CHUNK + 4];
+        /* short cells: first sample (from k) and the offsets of the three range masks in plm_masks */
+        int first[PLM_CHUNK + 4] __attribute__((aligned(16))), foot_at[PLM_CHUNK + 4] __attribute__((aligned(16)));
+        int core_at[PLM_CHUNK + 4] __attribute__((aligned(16))), cell_at[PLM_CHUNK + 4] __attribute__((aligned(16)));
         const int level = run->level;
         const double sign = run->sign;
         const __m256d p0 = _mm256_set1_pd(run->p0), inv_d = _mm256_set1_pd(run->inv_d);
@@ -581,10 +742,13 @@ cdef extern from *:
         }
         bound[0] = (double)k;
         const long long last = (long long)bound[m];
+        /* samples are asked for one and a half chunks ahead (see plm_prefetch) */
+        const long long ahead = (last - k) * 3 / 2;
         for (i = m + 1; i <= m + 4; i++)
             bound[i] = bound[m];
-        /* (the straight code of step 2 reads up to 7 samples past the last cell; plm_offset needs k < 2^26) */
-        if (last + 8 > run->readable || last >= (1LL << 26) || !plm_all_plain(run->values + k, last - k, run->below))
+        /* (short cells are read 12 samples from their first, the empty cells that fill the last four included;
+           plm_offset needs indices below 2^26) */
+        if (last + PLM_SHORT > run->readable || last >= (1LL << 26))
             return 0;
         const float *values = run->values;
         const long long fs = run->field_stride, stride = (long long)sign * run->inner_stride;
@@ -592,15 +756,17 @@ cdef extern from *:
         const int contiguous = run->inner_stride == 1; /* four cells' fields are four neighbouring doubles */
         if (level == 0) {
             /* a line along a street: street sums only */
-            if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)))
+            if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)) ||
+                !plm_all_plain(run->values + k, last - k, run->below))
                 return 0;
-            for (i = 0; i < m; i++)
-                lane_street[i] = plm_run_sum(values + (long long)bound[i], bound[i + 1] - bound[i]);
-            for (; i % 4; i++)
-                lane_street[i] = zero;
             double *const n_street = chip0 + PLM_N_STREET * fs, *const sum_street = chip0 + PLM_SUM_STREET * fs;
             for (i = 0; i < m; i += 4) {
-                __m256d street = plm_sum4(lane_street[i], lane_street[i + 1], lane_street[i + 2], lane_street[i + 3]);
+                plm_prefetch(run, (long long)bound[i], (long long)bound[i + 4], ahead);
+                /* (cells past the last are empty: bound is bound[m] from there) */
+                __m256d street = plm_sum4(plm_run_sum(values + (long long)bound[i], bound[i + 1] - bound[i]),
+                                          plm_run_sum(values + (long long)bound[i + 1], bound[i + 2] - bound[i + 1]),
+                                          plm_run_sum(values + (long long)bound[i + 2], bound[i + 3] - bound[i + 2]),
+                                          plm_run_sum(values + (long long)bound[i + 3], bound[i + 4] - bound[i + 3]));
                 __m256d count = _mm256_sub_pd(_mm256_loadu_pd(bound + i + 1), _mm256_load_pd(bound + i));
                 if (contiguous && i + 4 <= m) {
                     long long at = i;
@@ -623,8 +789,12 @@ cdef extern from *:
             *next = last;
             return m;
         }
-        /* 1 (cont.). where it enters and leaves each cell's footprint and core */
+        /* 1 (cont.). where it enters and leaves each cell's footprint and core; for short cells, the masks */
         const __m256d half_k = _mm256_set1_pd(run->half_k), core_k = _mm256_set1_pd(run->core_k);
+        const __m256d vk = _mm256_set1_pd((double)k), longest = _mm256_set1_pd((double)PLM_SHORT);
+        const __m256d shortest = _mm256_set1_pd((double)(PLM_SHORT - 4)), cells_done = _mm256_set1_pd((double)m);
+        const __m256d row = _mm256_set1_pd((double)PLM_MASK_ROW), width = _mm256_set1_pd((double)PLM_SHORT);
+        __m256d not_short = zero; /* a cell of the chunk is shorter than 8 samples or longer than 12 */
         centre = first_centre;
         for (i = 0; i < m; i += 4) {
             __m256d at = _mm256_mul_pd(_mm256_sub_pd(centre, p0), inv_d);
@@ -640,54 +810,116 @@ cdef extern from *:
             _mm256_store_pd(f1 + i, b);
             _mm256_store_pd(c0 + i, ca);
             _mm256_store_pd(c1 + i, cb);
+            /* short cells (8 to 12 samples): the masks' offsets, (lo·13 + hi)·12 with lo and hi from the cell's first
+               sample (exact in doubles; for longer cells meaningless and not used) */
+            __m256d length = _mm256_sub_pd(e, s);
+            __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
+            __m256d outside = _mm256_or_pd(_mm256_cmp_pd(length, longest, _CMP_GT_OQ),
+                                           _mm256_cmp_pd(length, shortest, _CMP_LT_OQ));
+            not_short = _mm256_or_pd(not_short, _mm256_and_pd(real, outside));
+            __m256d foot = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(a, s), row),
+                                         _mm256_mul_pd(_mm256_sub_pd(b, s), width));
+            __m256d core = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(ca, s), row),
+                                         _mm256_mul_pd(_mm256_sub_pd(cb, s), width));
+            _mm_store_si128((__m128i *)(first + i), _mm256_cvttpd_epi32(_mm256_sub_pd(s, vk)));
+            _mm_store_si128((__m128i *)(foot_at + i), _mm256_cvttpd_epi32(foot));
+            _mm_store_si128((__m128i *)(core_at + i), _mm256_cvttpd_epi32(core));
+            __m256d extent = _mm256_mul_pd(_mm256_min_pd(length, longest), width); /* lo = 0, hi = the length */
+            _mm_store_si128((__m128i *)(cell_at + i), _mm256_cvttpd_epi32(extent));
             centre = _mm256_add_pd(centre, step4);
         }
         /* (lanes of cells past the last count too: rarely, a chunk goes the slow way for nothing) */
         if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)))
             return 0;
-        /* 2. each cell's sums */
+        plm_fields fields = {
+            chip0 + PLM_N_FOOT * fs, chip0 + PLM_SUM_FOOT * fs, chip0 + PLM_MAX_FOOT * fs, chip0 + PLM_N_CORE * fs,
+            chip0 + PLM_SUM_CORE * fs, chip0 + PLM_N_STREET * fs, chip0 + PLM_SUM_STREET * fs,
+            chip0 + run->inner_sum * fs, chip0 + run->inner_moment * fs, chip0 + run->outer_sum * fs,
+            chip0 + run->outer_moment * fs, stride, contiguous};
+        if (!_mm256_movemask_pd(not_short)) {
+            /* 2 and 3. short cells (all of them: the usual case at up to 12 samples a pitch), four at a time; the
+               moments count from each cell's first sample */
+            const float *from = values + k;
+            const __m256d below = _mm256_set1_pd((double)run->below);
+            centre = first_centre;
+            for (i = 0; i < m; i += 4) {
+                /* two cells, their lanes added pairwise (as plm_sum4 and plm_max4 do), then the next two: fewer
+                   vectors live at once than four cells' lanes */
+                __m256d pair[2][5], high = neg;
+                plm_prefetch(run, (long long)bound[i], (long long)bound[i + 4], ahead);
+                for (int h = 0; h < 2; h++) {
+                    __m256d a[5], b[5];
+                    long long l = i + 2 * h;
+                    __m256d high_a, high_b;
+                    plm_short_cell(from + first[l], plm_masks + foot_at[l], plm_masks + core_at[l],
+                                   plm_masks + cell_at[l], &a[0], &a[1], &a[2], &a[3], &a[4], &high_a);
+                    plm_short_cell(from + first[l + 1], plm_masks + foot_at[l + 1], plm_masks + core_at[l + 1],
+                                   plm_masks + cell_at[l + 1], &b[0], &b[1], &b[2], &b[3], &b[4], &high_b);
+                    /* (the empty cells that fill the last four read samples past the chunk: not tested) */
+                    if (l < m)
+                        high = _mm256_max_pd(high, high_a);
+                    if (l + 1 < m)
+                        high = _mm256_max_pd(high, high_b);
+                    for (int q = 0; q < 4; q++)
+                        pair[h][q] = _mm256_hadd_pd(a[q], b[q]);
+                    pair[h][4] = _mm256_max_pd(_mm256_unpacklo_pd(a[4], b[4]), _mm256_unpackhi_pd(a[4], b[4]));
+                }
+                __m256d sum[5];
+                for (int q = 0; q < 4; q++)
+                    sum[q] = _mm256_add_pd(_mm256_permute2f128_pd(pair[0][q], pair[1][q], 0x20),
+                                           _mm256_permute2f128_pd(pair[0][q], pair[1][q], 0x31));
+                sum[4] = _mm256_max_pd(_mm256_permute2f128_pd(pair[0][4], pair[1][4], 0x20),
+                                       _mm256_permute2f128_pd(pair[0][4], pair[1][4], 0x31));
+                /* Saturation, tested here rather than by a pass over the chunk's samples first: a sample at or above
+                   the level makes its cell's `high` reach it, a NaN or infinite one its cell's sum not finite (x - x
+                   is then not 0). Four cells with one go the slow way, with the rest of the chunk: nothing of them
+                   has been added yet. */
+                __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
+                __m256d odd = _mm256_and_pd(real, _mm256_cmp_pd(_mm256_sub_pd(sum[0], sum[0]), zero, _CMP_NEQ_UQ));
+                if (_mm256_movemask_pd(_mm256_or_pd(odd, _mm256_cmp_pd(high, below, _CMP_GE_OQ)))) {
+                    if (i == 0)
+                        return 0;
+                    *next = (long long)bound[i];
+                    *short_cells = 1;
+                    return i;
+                }
+                __m256d s = _mm256_load_pd(bound + i);
+                plm_add_fields(run, &fields, i, m, centre, _mm256_sub_pd(sum[0], sum[1]), sum[1], sum[2], sum[3],
+                               sum[4], s,
+                               _mm256_loadu_pd(bound + i + 1), _mm256_load_pd(f0 + i), _mm256_load_pd(f1 + i),
+                               _mm256_load_pd(c0 + i), _mm256_load_pd(c1 + i), s);
+                centre = _mm256_add_pd(centre, step4);
+            }
+            *next = last;
+            *short_cells = 1;
+            return m;
+        }
+        if (!plm_all_plain(run->values + k, last - k, run->below))
+            return 0;
+        /* 2. longer cells: each cell's sums, in lanes; the moments count from the first footprint sample */
+        __m256d lane_street[PLM_CHUNK + 4], lane_foot[PLM_CHUNK + 4], lane_core[PLM_CHUNK + 4];
+        __m256d lane_moment[PLM_CHUNK + 4], lane_top[PLM_CHUNK + 4];
         for (i = 0; i < m; i++) {
             const double s = bound[i], e = bound[i + 1], a = f0[i], b = f1[i], n = b - a;
+            plm_prefetch(run, (long long)s, (long long)e, ahead);
             const float *x = values + (long long)a;
             const __m256d count = _mm256_set1_pd(n), core_from = _mm256_set1_pd(c0[i] - a);
             const __m256d core_to = _mm256_set1_pd(c1[i] - a);
-            __m256d street, foot, core, moment, top;
-            if (a - s <= 4.0 && e - b <= 4.0 && n <= 8.0) {
-                /* the usual cell, in straight code: up to 4 street samples each side, a footprint of up to 8 (the
-                   same sums as the loops below) */
-                const __m256d index0 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), index1 = _mm256_set_pd(7.0, 6.0, 5.0, 4.0);
-                __m256d before = _mm256_cvtps_pd(_mm_loadu_ps(values + (long long)s));
-                __m256d after = _mm256_cvtps_pd(_mm_loadu_ps(values + (long long)b));
-                street = _mm256_add_pd(_mm256_and_pd(_mm256_cmp_pd(index0, _mm256_set1_pd(a - s), _CMP_LT_OQ), before),
-                                       _mm256_and_pd(_mm256_cmp_pd(index0, _mm256_set1_pd(e - b), _CMP_LT_OQ), after));
-                __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(x)), x1 = _mm256_cvtps_pd(_mm_loadu_ps(x + 4));
-                __m256d on0 = _mm256_cmp_pd(index0, count, _CMP_LT_OQ), on1 = _mm256_cmp_pd(index1, count, _CMP_LT_OQ);
-                __m256d in0 = _mm256_and_pd(_mm256_cmp_pd(index0, core_from, _CMP_GE_OQ),
-                                            _mm256_cmp_pd(index0, core_to, _CMP_LT_OQ));
-                __m256d in1 = _mm256_and_pd(_mm256_cmp_pd(index1, core_from, _CMP_GE_OQ),
-                                            _mm256_cmp_pd(index1, core_to, _CMP_LT_OQ));
-                __m256d v0 = _mm256_and_pd(on0, x0), v1 = _mm256_and_pd(on1, x1);
-                foot = _mm256_add_pd(v0, v1);
-                core = _mm256_add_pd(_mm256_and_pd(in0, x0), _mm256_and_pd(in1, x1));
-                moment = _mm256_add_pd(_mm256_mul_pd(v0, index0), _mm256_mul_pd(v1, index1));
-                top = _mm256_max_pd(_mm256_blendv_pd(neg, x1, on1), _mm256_blendv_pd(neg, x0, on0));
-            } else {
-                street = _mm256_add_pd(plm_run_sum(values + (long long)s, a - s),
-                                       plm_run_sum(values + (long long)b, e - b));
-                foot = zero, core = zero, moment = zero, top = neg;
-                __m256d index = _mm256_set_pd(3.0, 2.0, 1.0, 0.0);
-                for (long long j = 0; j < (long long)n; j += 4) {
-                    __m256d value = _mm256_cvtps_pd(_mm_loadu_ps(x + j));
-                    __m256d on = _mm256_cmp_pd(index, count, _CMP_LT_OQ);
-                    __m256d in = _mm256_and_pd(_mm256_cmp_pd(index, core_from, _CMP_GE_OQ),
-                                               _mm256_cmp_pd(index, core_to, _CMP_LT_OQ));
-                    __m256d on_value = _mm256_and_pd(on, value);
-                    foot = _mm256_add_pd(foot, on_value);
-                    core = _mm256_add_pd(core, _mm256_and_pd(in, value));
-                    moment = _mm256_add_pd(moment, _mm256_mul_pd(on_value, index));
-                    top = _mm256_max_pd(_mm256_blendv_pd(neg, value, on), top);
-                    index = _mm256_add_pd(index, four);
-                }
+            __m256d foot = zero, core = zero, moment = zero, top = neg;
+            __m256d street = _mm256_add_pd(plm_run_sum(values + (long long)s, a - s),
+                                           plm_run_sum(values + (long long)b, e - b));
+            __m256d index = lanes;
+            for (long long j = 0; j < (long long)n; j += 4) {
+                __m256d value = _mm256_cvtps_pd(_mm_loadu_ps(x + j));
+                __m256d on = _mm256_cmp_pd(index, count, _CMP_LT_OQ);
+                __m256d in = _mm256_and_pd(_mm256_cmp_pd(index, core_from, _CMP_GE_OQ),
+                                           _mm256_cmp_pd(index, core_to, _CMP_LT_OQ));
+                __m256d on_value = _mm256_and_pd(on, value);
+                foot = _mm256_add_pd(foot, on_value);
+                core = _mm256_add_pd(core, _mm256_and_pd(in, value));
+                moment = _mm256_fmadd_pd(on_value, index, moment);
+                top = _mm256_max_pd(_mm256_blendv_pd(neg, value, on), top);
+                index = _mm256_add_pd(index, four);
             }
             lane_street[i] = street, lane_foot[i] = foot, lane_core[i] = core, lane_moment[i] = moment;
             lane_top[i] = top;
@@ -695,98 +927,20 @@ cdef extern from *:
         for (; i % 4; i++) { /* empty cells to fill the last four */
             lane_street[i] = lane_foot[i] = lane_core[i] = lane_moment[i] = zero;
             lane_top[i] = neg;
-            f0[i] = f1[i] = c0[i] = c1[i] = bound[i];
         }
         /* 3. four cells at a time: their fields, added to acc */
-        const __m256d d = _mm256_set1_pd(run->d), outer_d = _mm256_set1_pd(run->outer_d);
-        const __m256d half = _mm256_set1_pd(0.5), one = _mm256_set1_pd(1.0), outer_p0 = _mm256_set1_pd(run->outer_p0);
-        double split[4];
-        plm_split(run->d, &split[0], &split[1]);
-        plm_split(run->outer_d, &split[2], &split[3]);
-        const __m256d d_hi = _mm256_set1_pd(split[0]), d_lo = _mm256_set1_pd(split[1]);
-        const __m256d outer_d_hi = _mm256_set1_pd(split[2]), outer_d_lo = _mm256_set1_pd(split[3]);
-        const __m256d outer_centre = _mm256_set1_pd(run->outer_centre);
-        const __m256d outer_offset = _mm256_set1_pd(run->outer_offset);
-        double *const n_foot = chip0 + PLM_N_FOOT * fs, *const sum_foot = chip0 + PLM_SUM_FOOT * fs;
-        double *const max_foot = chip0 + PLM_MAX_FOOT * fs, *const n_core = chip0 + PLM_N_CORE * fs;
-        double *const sum_core = chip0 + PLM_SUM_CORE * fs, *const n_street = chip0 + PLM_N_STREET * fs;
-        double *const sum_street = chip0 + PLM_SUM_STREET * fs;
-        double *const inner_sum = chip0 + run->inner_sum * fs, *const inner_moment = chip0 + run->inner_moment * fs;
-        double *const outer_sum = chip0 + run->outer_sum * fs, *const outer_moment = chip0 + run->outer_moment * fs;
         centre = first_centre;
         for (i = 0; i < m; i += 4) {
-            __m256d street = plm_sum4(lane_street[i], lane_street[i + 1], lane_street[i + 2], lane_street[i + 3]);
-            __m256d foot = plm_sum4(lane_foot[i], lane_foot[i + 1], lane_foot[i + 2], lane_foot[i + 3]);
-            __m256d core = plm_sum4(lane_core[i], lane_core[i + 1], lane_core[i + 2], lane_core[i + 3]);
-            __m256d moment = plm_sum4(lane_moment[i], lane_moment[i + 1], lane_moment[i + 2], lane_moment[i + 3]);
-            __m256d top = plm_max4(lane_top[i], lane_top[i + 1], lane_top[i + 2], lane_top[i + 3]);
-            __m256d s = _mm256_load_pd(bound + i), e = _mm256_loadu_pd(bound + i + 1);
-            __m256d a = _mm256_load_pd(f0 + i), n = _mm256_sub_pd(_mm256_load_pd(f1 + i), a);
-            __m256d triangle = _mm256_mul_pd(_mm256_mul_pd(half, n), _mm256_sub_pd(n, one)); /* n(n-1)/2 */
-            /* the first footprint sample's offset from the centre */
-            __m256d u0 = plm_offset(p0, a, d_hi, d_lo, centre);
-            __m256d cores = _mm256_sub_pd(_mm256_load_pd(c1 + i), _mm256_load_pd(c0 + i));
-            __m256d streets = _mm256_sub_pd(_mm256_sub_pd(e, s), n);
-            __m256d isum = _mm256_add_pd(_mm256_mul_pd(n, u0), _mm256_mul_pd(d, triangle));
-            __m256d imoment = _mm256_add_pd(_mm256_mul_pd(u0, foot), _mm256_mul_pd(d, moment));
-            __m256d osum, omoment;
-            if (run->outer_constant) {
-                osum = _mm256_mul_pd(outer_offset, n);
-                omoment = _mm256_mul_pd(outer_offset, foot);
-            } else {
-                __m256d v0 = plm_offset(outer_p0, a, outer_d_hi, outer_d_lo, outer_centre);
-                osum = _mm256_add_pd(_mm256_mul_pd(n, v0), _mm256_mul_pd(outer_d, triangle));
-                omoment = _mm256_add_pd(_mm256_mul_pd(v0, foot), _mm256_mul_pd(outer_d, moment));
-            }
+            __m256d a = _mm256_load_pd(f0 + i);
+            plm_add_fields(run, &fields, i, m, centre,
+                           plm_sum4(lane_street[i], lane_street[i + 1], lane_street[i + 2], lane_street[i + 3]),
+                           plm_sum4(lane_foot[i], lane_foot[i + 1], lane_foot[i + 2], lane_foot[i + 3]),
+                           plm_sum4(lane_core[i], lane_core[i + 1], lane_core[i + 2], lane_core[i + 3]),
+                           plm_sum4(lane_moment[i], lane_moment[i + 1], lane_moment[i + 2], lane_moment[i + 3]),
+                           plm_max4(lane_top[i], lane_top[i + 1], lane_top[i + 2], lane_top[i + 3]),
+                           _mm256_load_pd(bound + i), _mm256_loadu_pd(bound + i + 1), a, _mm256_load_pd(f1 + i),
+                           _mm256_load_pd(c0 + i), _mm256_load_pd(c1 + i), a);
             centre = _mm256_add_pd(centre, step4);
-            if (contiguous && i + 4 <= m) {
-                long long at = i;
-                if (sign < 0) { /* cells i .. i + 3 at chip0 - i .. chip0 - i - 3 */
-                    at = -i - 3;
-                    n = plm_reverse(n), foot = plm_reverse(foot), top = plm_reverse(top);
-                    cores = plm_reverse(cores), core = plm_reverse(core), streets = plm_reverse(streets);
-                    street = plm_reverse(street), isum = plm_reverse(isum), imoment = plm_reverse(imoment);
-                    osum = plm_reverse(osum), omoment = plm_reverse(omoment);
-                }
-                plm_add4(n_foot + at, n);
-                plm_add4(sum_foot + at, foot);
-                _mm256_storeu_pd(max_foot + at, _mm256_max_pd(top, _mm256_loadu_pd(max_foot + at)));
-                plm_add4(n_core + at, cores);
-                plm_add4(sum_core + at, core);
-                plm_add4(n_street + at, streets);
-                plm_add4(sum_street + at, street);
-                plm_add4(inner_sum + at, isum);
-                plm_add4(inner_moment + at, imoment);
-                plm_add4(outer_sum + at, osum);
-                plm_add4(outer_moment + at, omoment);
-                continue;
-            }
-            double out[11][4] __attribute__((aligned(32)));
-            _mm256_store_pd(out[0], n);
-            _mm256_store_pd(out[1], foot);
-            _mm256_store_pd(out[2], top);
-            _mm256_store_pd(out[3], cores);
-            _mm256_store_pd(out[4], core);
-            _mm256_store_pd(out[5], streets);
-            _mm256_store_pd(out[6], street);
-            _mm256_store_pd(out[7], isum);
-            _mm256_store_pd(out[8], imoment);
-            _mm256_store_pd(out[9], osum);
-            _mm256_store_pd(out[10], omoment);
-            for (long long l = 0; l < 4 && i + l < m; l++) {
-                long long at = (i + l) * stride;
-                n_foot[at] += out[0][l];
-                sum_foot[at] += out[1][l];
-                max_foot[at] = out[2][l] > max_foot[at] ? out[2][l] : max_foot[at];
-                n_core[at] += out[3][l];
-                sum_core[at] += out[4][l];
-                n_street[at] += out[5][l];
-                sum_street[at] += out[6][l];
-                inner_sum[at] += out[7][l];
-                inner_moment[at] += out[8][l];
-                outer_sum[at] += out[9][l];
-                outer_moment[at] += out[10][l];
-            }
         }
         *next = last;
         return m;
@@ -795,12 +949,15 @@ cdef extern from *:
     /* whether this CPU can take the fast path */
     static int plm_can_be_fast(void) {
         __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") != 0;
+        if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+            return 0;
+        plm_make_masks();
+        return 1;
     }
     #else
     static long long plm_sum_chunk(const plm_run *run, long long c, long long k, long long stop, long long cells,
-                                   long long *next) {
-        (void)run, (void)c, (void)k, (void)stop, (void)cells, (void)next;
+                                   long long *next, int *short_cells) {
+        (void)run, (void)c, (void)k, (void)stop, (void)cells, (void)next, (void)short_cells;
         return 0;
     }
     static int plm_can_be_fast(void) { return 0; }
@@ -819,7 +976,7 @@ cdef extern from *:
         int inner_sum, inner_moment, outer_sum, outer_moment
     int plm_fast
     long long plm_sum_chunk(const plm_run *run, long long c, long long k, long long stop, long long cells,
-                            long long *next) noexcept nogil
+                            long long *next, int *short_cells) noexcept nogil
     bint plm_can_be_fast() noexcept nogil
 
 
@@ -852,6 +1009,7 @@ ctypedef struct _Job:
     int64_t field_stride  # elements between fields, rows and columns of acc
     int64_t row_stride
     int64_t *fast_chunks  # per task: chunks summed by the fast path
+    int64_t *short_chunks  # per task: of those, chunks of short cells (straight code)
 
 
 ctypedef struct _Line:
@@ -863,6 +1021,7 @@ ctypedef struct _Line:
     const float *values  # the line's samples
     int64_t readable  # samples that may be read from values on (to the end of the caller's array)
     int64_t *fast_chunks  # the task's count of chunks summed by the fast path
+    int64_t *short_chunks  # the task's count of those of short cells
 
 
 cdef inline void _axes(const _Job *job, int64_t j, _Line *line) noexcept nogil:
@@ -997,6 +1156,7 @@ cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int
     cdef int64_t pass_core[_CHUNK_CELLS]
     cdef int64_t k = start, c = _cell_at(inner, start), i, cells
     cdef long long done, after
+    cdef int short_cells
     cdef plm_run run
     cdef int64_t step = -1 if inner.d < 0.0 else 1
     cdef double centre, at_centre
@@ -1018,9 +1178,11 @@ cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int
         cells = <int64_t>(<double>(stop - k) * fabs(inner.d)) + 2
         cells = cells if cells < _CHUNK_CELLS else _CHUNK_CELLS
         if fast:
-            done = plm_sum_chunk(&run, c, k, stop, cells, &after)
+            short_cells = 0
+            done = plm_sum_chunk(&run, c, k, stop, cells, &after, &short_cells)
             if done:
                 line.fast_chunks[0] += 1
+                line.short_chunks[0] += short_cells
                 k = after
                 c += step * done
                 continue
@@ -1094,6 +1256,7 @@ cdef void _walk(const _Job *job, int64_t task) noexcept nogil:
     level[1] = level[3] = 1
     level[2] = 2
     line.fast_chunks = &job.fast_chunks[task]
+    line.short_chunks = &job.short_chunks[task]
     for j in range(job.lines):
         k = job.in_band[2 * j]
         stop = job.in_band[2 * j + 1]
@@ -1127,7 +1290,7 @@ def accumulate_lines(
     double saturation_v,
     int64_t first_col,
     int64_t first_row,
-    double[:, :, ::1] acc,
+    double[:, :, :] acc,
 ):
     """Add the samples of straight scan lines to per-chip sums over a band of the chip grid.
 
@@ -1161,7 +1324,8 @@ def accumulate_lines(
         The band: ``acc[:, i, k]`` is chip (first_col + k, first_row + i).
     acc
         (FIELD_COUNT, band rows, band cols) float64, added to (not cleared): ``acc[N_FOOT]`` ... ``acc[N_SAT]``.
-        ``acc[MAX_FOOT]`` is a running maximum: start it at -inf.
+        ``acc[MAX_FOOT]`` is a running maximum: start it at -inf. Any strides with contiguous columns;
+        :func:`accumulators` makes one, initialised, in the layout the kernel is fastest with.
     """
     cdef int64_t lines = line_offset.shape[0], j, total = samples_v.shape[0], task
     cdef float below
@@ -1173,6 +1337,8 @@ def accumulate_lines(
         raise ValueError("need 0 <= core half size <= chip half size, in both directions")
     if acc.strides[0] % sizeof(double) or acc.strides[1] % sizeof(double):
         raise ValueError("acc's strides must be whole elements")
+    if acc.shape[2] > 1 and acc.strides[2] != sizeof(double):
+        raise ValueError("acc's columns must be contiguous (acc[f, r] a contiguous row): see accumulators()")
     # the per-line arrays are small; copies make them contiguous for the tasks
     offsets = np.ascontiguousarray(line_offset, dtype=np.int64)
     counts = np.ascontiguousarray(line_count, dtype=np.int64)
@@ -1213,9 +1379,11 @@ def accumulate_lines(
         raise MemoryError()
     job.in_band = in_band
     cdef int64_t fast_chunks[_CLASSES]
+    cdef int64_t short_chunks[_CLASSES]
     for task in range(_CLASSES):
-        fast_chunks[task] = 0
+        fast_chunks[task] = short_chunks[task] = 0
     job.fast_chunks = fast_chunks
+    job.short_chunks = short_chunks
     try:
         with nogil:
             for j in prange(lines, schedule="static", num_threads=2):
@@ -1224,16 +1392,54 @@ def accumulate_lines(
                 _walk(&job, task)
     finally:
         free(in_band)
-    global _last_fast_chunks
-    _last_fast_chunks = 0
+    global _last_fast_chunks, _last_short_chunks
+    _last_fast_chunks = _last_short_chunks = 0
     for task in range(_CLASSES):
         _last_fast_chunks += fast_chunks[task]
+        _last_short_chunks += short_chunks[task]
+
+
+# accumulators: a field is this many doubles past a multiple of 4 KiB from the one before (see accumulators())
+_FIELD_PAD = 40
+
+
+def accumulators(int64_t rows, int64_t cols) -> np.ndarray:
+    """New accumulators for :func:`accumulate_lines` over a band of ``rows`` × ``cols`` chips.
+
+    Zeros, with ``MAX_FOOT`` at -inf: what the kernel adds to. The fields are views of one buffer, each starting 320
+    bytes past a multiple of 4 KiB from the one before, so that the fields of a chip fall in distinct sets of the
+    L1 cache (whose sets repeat every 4 KiB) and a load from one field is never taken for a reload of a store to
+    another (the processor compares the low 12 address bits first). The kernel updates the fields of four chips
+    side by side; with fields 4 KiB apart it measured 28 % slower on the benchmark's band (16 × 10,000 chips),
+    and with this layout 5 % faster than with the plain C-contiguous array. Any (FIELD_COUNT, rows, cols) array
+    with contiguous columns works too.
+
+    Parameters
+    ----------
+    rows, cols
+        The band's chip rows and columns (>= 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        (FIELD_COUNT, rows, cols) float64, columns contiguous, fields ``strides[0]`` bytes apart.
+    """
+    if rows < 0 or cols < 0:
+        raise ValueError(f"a band has rows, cols >= 0, not {rows} x {cols}")
+    cdef int64_t chips = rows * cols
+    # the field stride: a whole number of 4 KiB pages (512 doubles) plus the pad
+    cdef int64_t field = (chips + 511) // 512 * 512 + _FIELD_PAD
+    buffer = np.zeros(_FIELD_COUNT * field)
+    acc = buffer.reshape(_FIELD_COUNT, field)[:, :chips].reshape(_FIELD_COUNT, rows, cols)
+    acc[_MAX_FOOT] = -np.inf
+    return acc
 
 
 plm_fast = plm_can_be_fast()
 
 
 _last_fast_chunks = 0
+_last_short_chunks = 0
 
 
 def _fast_chunks() -> int:
@@ -1241,8 +1447,13 @@ def _fast_chunks() -> int:
     return _last_fast_chunks
 
 
+def _short_chunks() -> int:
+    """How many of those chunks were of short cells (8 to 12 samples, the straight code with range masks)."""
+    return _last_short_chunks
+
+
 def fast_path() -> bool:
-    """Whether :func:`accumulate_lines` takes its fast path (AVX2, on a CPU that has it) where it can."""
+    """Whether :func:`accumulate_lines` takes its fast path (AVX2 and FMA, on a CPU that has them) where it can."""
     return bool(plm_fast)
 
 

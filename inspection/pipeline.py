@@ -666,8 +666,7 @@ class _Analysis:
         settings, geometry = self.settings, lines.geometry
         offsets, counts, gains = lines.offsets, lines.counts, lines.gains
         chosen = geometry.lines_in_rows(counts, first_row, last_row)
-        acc = np.zeros((kernels.FIELD_COUNT, last_row - first_row, self.shape[1]), dtype=np.float64)
-        acc[kernels.MAX_FOOT] = -np.inf
+        acc = kernels.accumulators(last_row - first_row, self.shape[1])  # zeros, MAX_FOOT at -inf
         for batch in self._sample_batches(chosen, offsets, counts):
             start, stop = int(offsets[batch[0]]), int(offsets[batch[-1]] + counts[batch[-1]])
             samples = self.scan.samples_between(lines.pass_index, start, stop)

@@ -282,6 +282,56 @@ def test_fast_path_takes_plain_lines(rng: np.random.Generator) -> None:
     assert kernels.fast_path()  # run_kernel puts the switch back
 
 
+@pytest.mark.parametrize("step", [0.1, -0.1, 1 / 12, -1 / 12, 0.125, -0.125, 0.0834, 0.0999, 0.112])
+def test_short_cells(rng: np.random.Generator, step: float) -> None:
+    # 8 to 12 samples a cell: the fast path's straight code with range masks (footprint, core and cell extent
+    # relative to each cell's first sample), lengths at both ends of its range, lines along rows and slightly slanted
+    if not kernels.fast_path():
+        pytest.skip("no fast path on this CPU")
+    count = 12
+    slant = np.where(np.arange(count) % 3 == 0, 0.0, rng.uniform(-1e-4, 1e-4, count))
+    col0 = np.where(step > 0, rng.uniform(-2, 1, count), rng.uniform(399, 402, count))
+    # through the footprints (|row offset| <= 0.2 all along), where the straight code runs (street lines have
+    # their own)
+    row0 = rng.integers(0, 14, count) + rng.uniform(-0.15, 0.15, count)
+    lines = make_lines(rng, np.full(count, int(400 / abs(step))), col0, row0, np.full(count, step), slant * step,
+                       special=0.0)  # fmt: skip
+    for geometry in ((HALF_W, HALF_H, CORE_W, CORE_H), (0.375, 0.25, 0.125, 0.125), (0.5, 0.5, 0.5, 0.5)):
+        check(lines, (15, 404), first_col=-1, geometry=geometry)
+        run_kernel(lines, (15, 404), first_col=-1, geometry=geometry)
+        assert kernels._short_chunks() >= 0.8 * count * 400 / 64
+    # saturated and non-finite samples in a third of the lines, rarely in another third: the straight code tests
+    # four cells at a time and leaves those with one to the slow path
+    special = make_lines(rng, np.full(count, int(400 / abs(step))), col0, row0, np.full(count, step), slant * step)
+    check(special, (15, 404), first_col=-1)
+    run_kernel(special, (15, 404), first_col=-1)
+    assert kernels._short_chunks() >= 0.3 * count * 400 / 64
+    # and along the streets (|row offset| from 0.36 to 0.45: street only, for HALF_H = 0.3): the fast path's
+    # street sums
+    street_row0 = rng.integers(0, 14, count) + rng.choice([-1.0, 1.0], count) * rng.uniform(0.36, 0.45, count)
+    for special_fraction in (0.0, 0.02):
+        streets = make_lines(rng, np.full(count, int(400 / abs(step))), col0, street_row0, np.full(count, step),
+                             slant * step, special=special_fraction)  # fmt: skip
+        check(streets, (15, 404), first_col=-1)
+        run_kernel(streets, (15, 404), first_col=-1)
+        assert kernels._fast_chunks() >= (0.8 if special_fraction == 0.0 else 0.3) * count * 400 / 64
+
+
+def test_accumulators_layout(rng: np.random.Generator) -> None:
+    acc = kernels.accumulators(7, 300)
+    assert acc.shape == (kernels.FIELD_COUNT, 7, 300) and acc.dtype == np.float64
+    assert acc.strides[1:] == (300 * 8, 8) and acc.strides[0] % 4096 == 320  # fields in distinct cache sets
+    assert np.all(acc[kernels.MAX_FOOT] == -np.inf)
+    assert not np.delete(acc, kernels.MAX_FOOT, axis=0).any()
+    # the same sums as in a C-contiguous array, bit for bit
+    lines = random_lines(rng, 60, (7, 300), rng.uniform(0, 360, 60), max_samples=8000)
+    kernels.accumulate_lines(*lines, HALF_W, HALF_H, CORE_W, CORE_H, SATURATION, 0, 0, acc)
+    assert acc.tobytes() == run_kernel(lines, (7, 300)).tobytes()
+    assert kernels.accumulators(0, 5).shape == (kernels.FIELD_COUNT, 0, 5)
+    with pytest.raises(ValueError, match="rows, cols >= 0"):
+        kernels.accumulators(-1, 5)
+
+
 def test_lines_to_the_end_of_the_samples(rng: np.random.Generator) -> None:
     # the fast path reads a few samples past a cell; at the end of the caller's array the slow path sums instead
     for count in (1, 7, 500):
@@ -371,6 +421,8 @@ def test_argument_checks() -> None:
         kernels.accumulate_lines(*good[:7], math.nan, *good[8:], acc)
     with pytest.raises(ValueError, match="FIELD_COUNT"):
         kernels.accumulate_lines(*good, np.zeros((3, 2, 2)))
+    with pytest.raises(ValueError, match="columns must be contiguous"):
+        kernels.accumulate_lines(*good, np.zeros((kernels.FIELD_COUNT, 2, 4))[:, :, ::2])
 
 
 # -- neighbour_median -------------------------------------------------------------------------------------------
