@@ -52,8 +52,7 @@ def chip_peaks(scan: ScanFile, recipe: Recipe, placement: Placement, pass_index:
             continue
         start = int(offsets[chosen].min())
         samples = scan.samples_between(pass_index, start, int((offsets[chosen] + counts[chosen]).max()))
-        acc = np.zeros((kernels.FIELD_COUNT, last_row - first_row, shape[1]))
-        acc[kernels.MAX_FOOT] = -np.inf
+        acc = kernels.accumulators(last_row - first_row, shape[1])  # zeros, MAX_FOOT at -inf
         kernels.accumulate_lines(
             samples, offsets[chosen] - start, counts[chosen], geometry.col0[chosen], geometry.row0[chosen],
             geometry.dcol[chosen], geometry.drow[chosen], half_width, half_height, half_width, half_height,

@@ -994,8 +994,7 @@ class _Importer:
     def _accumulate(self, item: _Pass, first_row: int, last_row: int) -> np.ndarray:
         """The kernel's per-chip sums over chip rows ``first_row .. last_row - 1``, each image row a scan line."""
         geometry, settings = self.geometry, self.settings
-        acc = np.zeros((kernels.FIELD_COUNT, last_row - first_row, self.shape[1]), dtype=np.float64)
-        acc[kernels.MAX_FOOT] = -np.inf
+        acc = kernels.accumulators(last_row - first_row, self.shape[1])  # zeros, MAX_FOOT at -inf
         chosen = geometry.lines_in_rows(self.counts, first_row, last_row)
         if chosen.size == 0:
             return acc

@@ -88,8 +88,7 @@ class LiveMap:
             return
         start = int(offsets.min())
         samples = scan.samples_between(pass_index, start, int((offsets + counts).max()))
-        acc = np.zeros((kernels.FIELD_COUNT, last_row - first_row, layout.column_count))
-        acc[kernels.MAX_FOOT] = -np.inf
+        acc = kernels.accumulators(last_row - first_row, layout.column_count)  # zeros, MAX_FOOT at -inf
         half_width = 0.5 * grid.chip_width_um / grid.pitch_x_um
         half_height = 0.5 * grid.chip_height_um / grid.pitch_y_um
         kernels.accumulate_lines(
