@@ -5,7 +5,8 @@ Measured in one run, with ratios to baselines from the same run:
 1. the scan file's ``write_line`` (commit + fsync per line) against a bare h5py append of the same lines;
 2. end to end at time scale 0: the scan engine acquiring long position-triggered lines from the virtual station
    (stage, trigger, digitizer, binary transfer, file), against the virtual station's own physics render of the
-   same lines (the simulator's ceiling: the engine cannot take samples faster than the simulator makes them);
+   same lines (the simulator's ceiling: the engine cannot take samples faster than the simulator makes them),
+   with the CPU time each of the two processes spent per line (their sum bounds the rate on this machine's cores);
 3. the physical scan time the plan predicts for the 6" example recipe, raster against grid-locked, next to
    camera-based PL imaging's ~5 minutes for a 6" wafer.
 
@@ -15,7 +16,7 @@ Run: ``python bench/bench_scan.py`` (about a minute).
 from __future__ import annotations
 
 import dataclasses
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -104,12 +105,32 @@ def run_engine(station: Station, recipe: Recipe, plan: ScanPlan, path: Path) -> 
                    placement=Placement()).run()  # fmt: skip
 
 
-def bench_end_to_end(folder: Path) -> tuple[float, float, float]:
-    """Samples/s of the engine end to end, of the simulator's render of the same lines, and per second of the
-    engine process's own CPU time (all its threads; the virtual station runs in another process): what the
-    software would cost with instruments that deliver samples as fast as it takes them."""
+@dataclasses.dataclass(frozen=True)
+class EndToEnd:
+    """What :func:`bench_end_to_end` measured (rates in samples/s, CPU in seconds per line)."""
+
+    rate: float  # end to end, wall clock
+    render_rate: float  # the simulator's render of the same lines alone, wall clock (its two threads)
+    render_cpu_s: float  # CPU of that render per line (both threads)
+    engine_cpu_s: float  # CPU of the engine process per line (all its threads)
+    station_cpu_s: float | None  # CPU of the virtual station's process per line (None where /proc is missing)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (all its threads), from ``/proc`` (Linux); None
+    elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_end_to_end(folder: Path) -> EndToEnd:
+    """The engine end to end against the virtual station at time scale 0, with the CPU each process spent per
+    line, and the simulator's render of the same lines on its own: the engine cannot take samples faster than
+    the simulator makes them, and on two cores the two processes' CPU per line bounds the rate."""
     recipe = load_recipe(RECIPE)
-    world = WaferWorld(load_profile(PROFILE))
     config = load_station_config(STATION)
     with VirtualStation.start(PROFILE) as virtual:
         station = open_station(config, resources=virtual.resources)
@@ -117,22 +138,32 @@ def bench_end_to_end(folder: Path) -> tuple[float, float, float]:
             accel = stage_acceleration_um_s2(station)
             plan = long_line_plan(recipe, Placement(), accel)
             plan = dataclasses.replace(plan, powers_w=plan.powers_w[-1:])
+            station_started = process_cpu_s(virtual.process.pid)
             started, cpu_started = time.perf_counter(), time.process_time()
             run_engine(station, recipe, plan, folder / "ingest.h5")
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+            station_ended = process_cpu_s(virtual.process.pid)
         finally:
             station.close()
-    end_to_end = LINES * LINE_SAMPLES / elapsed
-    # the simulator's part: render the same lines (wafer frame = stage frame for the nominal placement)
-    times = []
-    for line in plan.lines[:5]:
-        x = np.linspace(line["x_start_um"], line["x_stop_um"], LINE_SAMPLES)
-        y = np.full(LINE_SAMPLES, line["y_start_um"])
-        started = time.perf_counter()
-        world.pl_signal_v(x, y, np.full(LINE_SAMPLES, plan.powers_w[-1]), x * 0)
-        times.append(time.perf_counter() - started)
-    render_rate = LINE_SAMPLES / statistics.median(times)
-    return end_to_end, render_rate, LINES * LINE_SAMPLES / cpu
+    station_cpu = None if station_started is None or station_ended is None else station_ended - station_started
+    # the simulator's part: the same lines through the profile's world (its placement maps them onto the wafer),
+    # in scan order, as the station renders them
+    world = WaferWorld(load_profile(PROFILE))
+    power_w = np.full(LINE_SAMPLES, plan.powers_w[-1])
+    render_started, render_cpu_started = time.perf_counter(), time.process_time()
+    for line in plan.lines:
+        x, y = world.placement.stage_to_wafer(
+            np.linspace(line["x_start_um"], line["x_stop_um"], LINE_SAMPLES), np.full(LINE_SAMPLES, line["y_start_um"])
+        )
+        world.pl_signal_v(x, y, power_w, x * 0)
+    render_s, render_cpu = time.perf_counter() - render_started, time.process_time() - render_cpu_started
+    return EndToEnd(
+        rate=LINES * LINE_SAMPLES / elapsed,
+        render_rate=LINES * LINE_SAMPLES / render_s,
+        render_cpu_s=render_cpu / LINES,
+        engine_cpu_s=cpu / LINES,
+        station_cpu_s=None if station_cpu is None else station_cpu / LINES,
+    )
 
 
 def bench_real_time_cpu(folder: Path, lines: int = 10) -> tuple[float, float]:
@@ -168,18 +199,29 @@ def main() -> int:
     retain_freed_memory()  # as the plmapper command does
     with tempfile.TemporaryDirectory(dir=REPO) as folder:
         file_rate, bare_rate = bench_file_writes(Path(folder))
-        end_to_end, render_rate, engine_cpu_rate = bench_end_to_end(Path(folder))
+        load_before = os.getloadavg()[0]
+        ingest = bench_end_to_end(Path(folder))
+        load_after = os.getloadavg()[0]
         busy, wall = bench_real_time_cpu(Path(folder))
     raster_s, grid_s = planned_six_inch()
-    print(f"scan ingest, {LINES} lines of {LINE_SAMPLES:,} samples")
+    engine_cpu_rate = LINE_SAMPLES / ingest.engine_cpu_s
+    print(f"scan ingest, {LINES} lines of {LINE_SAMPLES:,} samples (load average {load_before:.2f} before the "
+          f"end-to-end run, {load_after:.2f} after, on {os.cpu_count()} cores)")  # fmt: skip
     print(f"  bare h5py append + flush (baseline)      {bare_rate / 1e6:7.1f} M samples/s")
     print(f"  scan file write_line (commit + fsync)     {file_rate / 1e6:7.1f} M samples/s  "
           f"{file_rate / bare_rate:5.2f}x the bare append")  # fmt: skip
-    print(f"  virtual station physics render (ceiling) {render_rate / 1e6:7.1f} M samples/s")
-    print(f"  end to end, virtual station, time scale 0 {end_to_end / 1e6:7.1f} M samples/s  "
-          f"{end_to_end / render_rate:5.2f}x the simulator's render")  # fmt: skip
+    print(f"  virtual station physics render (ceiling) {ingest.render_rate / 1e6:7.1f} M samples/s  "
+          f"({ingest.render_cpu_s * 1e3:.1f} ms CPU per line)")  # fmt: skip
+    print(f"  end to end, virtual station, time scale 0 {ingest.rate / 1e6:7.1f} M samples/s  "
+          f"{ingest.rate / ingest.render_rate:5.2f}x the simulator's render")  # fmt: skip
     print(f"  per second of the engine's own CPU time   {engine_cpu_rate / 1e6:7.1f} M samples/s  "
           f"{engine_cpu_rate / 1e6:5.1f}x real hardware's 1 M samples/s")  # fmt: skip
+    if ingest.station_cpu_s is not None:
+        both_s = ingest.engine_cpu_s + ingest.station_cpu_s
+        cores = os.cpu_count() or 1
+        print(f"  CPU per line: engine {ingest.engine_cpu_s * 1e3:.1f} ms, virtual station "
+              f"{ingest.station_cpu_s * 1e3:.1f} ms (its render alone {ingest.render_cpu_s * 1e3:.1f} ms): "
+              f"at most {cores * LINE_SAMPLES / both_s / 1e6:.1f} M samples/s on {cores} cores")  # fmt: skip
     print(f"  real time, digitizer at 1 MS/s: engine CPU {busy:.1%} of wall time ({wall:.1f} s for 10 lines)")
     print("planned physical scan time, 6-inch example recipe (blue-6in)")
     print(f"  raster        {raster_s / 3600:6.2f} h")

@@ -586,6 +586,88 @@ cdef void _fill_band(const _Runs *runs, int64_t low_col, int64_t[:] lowest, int6
                 band_start[col + 1] += highest[col] - lowest[col] + 1
 
 
+# -- the spot's path ---------------------------------------------------------------------------------------------
+
+cdef void _axis_path(const double *t, Py_ssize_t count, const double[:, ::1] phases, double *out) noexcept nogil:
+    """Positions of one axis at ascending instants ``t``: phase ``k`` (rows ``t0, p0, v0, a``) covers the instants
+    from its start to the next phase's start, the first phase also every earlier instant."""
+    cdef Py_ssize_t k, i, begin, end, low, high, middle, phase_count = phases.shape[0]
+    cdef double t0, p0, v0, half_a, tau
+    for k in range(phase_count):
+        # the first instant at or after this phase's start (NumPy's searchsorted, side="left")
+        if k == 0:
+            begin = 0
+        else:
+            low, high = 0, count
+            while low < high:
+                middle = (low + high) // 2
+                if t[middle] < phases[k, 0]:
+                    low = middle + 1
+                else:
+                    high = middle
+            begin = low
+        if k + 1 == phase_count:
+            end = count
+        else:
+            low, high = 0, count
+            while low < high:
+                middle = (low + high) // 2
+                if t[middle] < phases[k + 1, 0]:
+                    low = middle + 1
+                else:
+                    high = middle
+            end = low
+        t0, p0, v0, half_a = phases[k, 0], phases[k, 1], phases[k, 2], 0.5 * phases[k, 3]
+        for i in range(begin, end):
+            tau = t[i] - t0
+            if tau < 0.0:  # as np.maximum(tau, 0.0): a NaN stays NaN, -0.0 stays -0.0
+                tau = 0.0
+            out[i] = (p0 + v0 * tau) + (half_a * tau) * tau
+
+
+def spot_path_um(const double[::1] t_s, const double[:, ::1] x_phases, const double[:, ::1] y_phases,
+                 double offset_x_um, double offset_y_um, double cos_rotation, double sin_rotation):
+    """Where the laser spot is on the wafer at the ascending instants ``t_s``, from the stage axes' motion.
+
+    Each axis moves in phases of constant acceleration, rows ``(t0_s, p0_um, v0_um_s, accel_um_s2)`` in time
+    order: ``p(t) = p0 + v0·τ + a/2·τ²`` with ``τ = max(t - t0, 0)`` of the last phase started at ``t`` (the first
+    phase before it). The stage position then goes to the wafer frame: ``(c·dx + s·dy, -s·dx + c·dy)`` with
+    ``d = p - offset``. Every operation is the one, in the same order, of the NumPy code in
+    :class:`drivers.virtual.bench.AxisModel` and :meth:`inspection.wafer.Placement.stage_to_wafer`, so the result
+    is the same to the bit, in one pass instead of a dozen. That needs a build without fused multiply-adds (this
+    module's flags select no FMA-capable target); ``tests/test_bench_model.py`` checks it.
+
+    Returns
+    -------
+    x_um, y_um : ndarray of float64
+        The spot in the wafer frame.
+
+    Raises
+    ------
+    ValueError
+        An axis has no phase or a phase row is not 4 numbers.
+    """
+    cdef Py_ssize_t i, count = t_s.shape[0]
+    if x_phases.shape[0] == 0 or y_phases.shape[0] == 0 or x_phases.shape[1] != 4 or y_phases.shape[1] != 4:
+        raise ValueError("each axis needs at least one phase of 4 numbers (t0_s, p0_um, v0_um_s, accel_um_s2)")
+    x_out = np.empty(count, dtype=np.float64)
+    y_out = np.empty(count, dtype=np.float64)
+    if count == 0:
+        return x_out, y_out
+    cdef double[::1] x = x_out
+    cdef double[::1] y = y_out
+    cdef double dx, dy, minus_sin = -sin_rotation
+    with nogil:
+        _axis_path(&t_s[0], count, x_phases, &x[0])
+        _axis_path(&t_s[0], count, y_phases, &y[0])
+        for i in range(count):
+            dx = x[i] - offset_x_um
+            dy = y[i] - offset_y_um
+            x[i] = cos_rotation * dx + sin_rotation * dy
+            y[i] = minus_sin * dx + cos_rotation * dy
+    return x_out, y_out
+
+
 # -- detector noise ---------------------------------------------------------------------------------------------
 
 cdef uint64_t _GOLDEN = 0x9E3779B97F4A7C15ULL

@@ -127,6 +127,12 @@ class Stage(HardwareRole):
         """Block until all axes are idle; raise :class:`~drivers.errors.InstrumentTimeoutError` after ``timeout_s``
         and :class:`~drivers.errors.StageFaultError` if an axis faulted."""
 
+    def wait_idle_positions_um(self, timeout_s: float) -> dict[Axis, float]:
+        """:meth:`wait_idle`, then :meth:`positions_um`. Stages whose position reply also carries the motion status
+        override this to poll with it: one exchange fewer, at every end of a move a scan reads back."""
+        self.wait_idle(timeout_s)
+        return self.positions_um()
+
     @abc.abstractmethod
     def warnings(self, axis: Axis) -> frozenset[str]:
         """The axis' active warning and fault flags (empty when all is well)."""

@@ -209,6 +209,13 @@ class ZaberFaultError(StageFaultError, InstrumentReplyError):
         super().__init__(instrument, message, command=command, reply=reply)
 
 
+def _parse_ints(data: str, count: int) -> list[int]:
+    values = [int(word) for word in data.split()]
+    if len(values) < count:
+        raise ValueError(f"expected {count} values, got {len(values)}")
+    return values
+
+
 def _describe_flags(flags: frozenset[str]) -> str:
     return ", ".join(f"{flag} ({WARNING_FLAGS.get(flag, 'unknown flag')})" for flag in sorted(flags))
 
@@ -369,13 +376,14 @@ class ZaberXMCC(Instrument, Stage):
         return self.query_parsed(command, int)
 
     def _query_ints(self, command: str, count: int) -> list[int]:
-        def parse(data: str) -> list[int]:
-            values = [int(word) for word in data.split()]
-            if len(values) < count:
-                raise ValueError(f"expected {count} values, got {len(values)}")
-            return values
+        return self.query_parsed(command, lambda data: _parse_ints(data, count))
 
-        return self.query_parsed(command, parse)
+    def _ints(self, command: str, data: str, count: int) -> list[int]:
+        """At least ``count`` integers from the data of a checked reply to ``command`` (as :meth:`_query_ints`)."""
+        try:
+            return _parse_ints(data, count)
+        except ValueError as error:
+            raise InstrumentReplyError(self.name, f"unexpected reply: {error}", command=command, reply=data) from None
 
     # -- conversions ----------------------------------------------------------------------------------------
     def _steps(self, axis: Axis, distance_um: float) -> int:
@@ -486,9 +494,23 @@ class ZaberXMCC(Instrument, Stage):
         timeout = strict_range(0, math.inf, unit="s")("timeout_s", timeout_s)
         self._wait_idle(None, timeout)
 
+    def wait_idle_positions_um(self, timeout_s: float) -> dict[Axis, float]:
+        """Poll with ``get pos`` (its reply carries the device's BUSY/IDLE status and warning flag, as the bare
+        status poll does) until IDLE; return the positions of that last reply. A fault raises as in
+        :meth:`wait_idle`."""
+        timeout = strict_range(0, math.inf, unit="s")("timeout_s", timeout_s)
+        command = self._command("get pos")
+        reply = self._poll_until_idle(command, None, timeout)
+        values = self._ints(command, reply.data, len(AXIS_NUMBERS))
+        return {axis: self._um(axis, values[number - 1]) for axis, number in AXIS_NUMBERS.items()}
+
     def _wait_idle(self, axis: Axis | None, timeout_s: float) -> None:
         """Poll the status of ``axis`` (None: the whole device) until IDLE, then raise if it shows a fault."""
-        command = self._command("", axis)
+        self._poll_until_idle(self._command("", axis), axis, timeout_s)
+
+    def _poll_until_idle(self, command: str, axis: Axis | None, timeout_s: float) -> ZaberReply:
+        """Send ``command`` (addressed to ``axis``, None: the device) until its reply says IDLE; raise if that
+        reply shows a fault; return it."""
         deadline = time.monotonic() + timeout_s
         while True:
             reply = self._exchange(command)
@@ -500,6 +522,7 @@ class ZaberXMCC(Instrument, Stage):
             time.sleep(min(self.poll_interval_s, remaining))
         if reply.fault:
             self._raise_faults([axis] if axis is not None else list(AXIS_NUMBERS), reply.warning_flag)
+        return reply
 
     def _raise_faults(self, axes: list[Axis], status_flag: str) -> None:
         faults: dict[Axis, frozenset[str]] = {}

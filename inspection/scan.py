@@ -152,6 +152,7 @@ class ScanEngine:
         self._started_s = 0.0
         self._lines = _LineWriter(writer)
         self._power_reading_w: float | None = None  # the last reading, if nothing has touched the laser since
+        self._run_up_started_for: int | None = None  # the line whose run-up move the last line already started
 
     # -- control (any thread) ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -242,9 +243,12 @@ class ScanEngine:
         station.stage.move_absolute_um(Axis.Z, self.recipe.focus.focus_z_um)
         self._laser_on(power_w)
         self.writer.event("info", f"pass {pass_index}: {power_w * 1e3:g} mW from line {first}")
-        for line in lines[first:]:
+        self._run_up_started_for = None
+        for position in range(first, len(lines)):
+            line = lines[position]
+            next_line = lines[position + 1] if position + 1 < len(lines) else None
             self._between_lines(pass_index, power_w)
-            record, samples = self._measure_line_with_retries(line, power_w)
+            record, samples = self._measure_line_with_retries(line, power_w, next_line)
             # written on the line writer's thread while the next line is acquired
             self._lines.submit(pass_index, int(line["line_index"]), samples, record)
             self._samples_done += samples.size
@@ -274,16 +278,20 @@ class ScanEngine:
         if self._abort.is_set():
             raise ScanAborted
         self.writer.event("info", "resumed")
+        self._run_up_started_for = None  # whatever the stage did meanwhile, the next line runs up afresh
         self._laser_on(power_w)
 
-    def _measure_line_with_retries(self, line: np.void, power_w: float) -> tuple[dict[str, float], np.ndarray]:
+    def _measure_line_with_retries(
+        self, line: np.void, power_w: float, next_line: np.void | None
+    ) -> tuple[dict[str, float], np.ndarray]:
         for attempt in range(self.options.line_retries + 1):
             try:
-                return self._measure_line(line, power_w)
+                return self._measure_line(line, power_w, next_line)
             except RETRYABLE_ERRORS as error:
                 if attempt == self.options.line_retries or isinstance(error, NEEDS_A_PERSON):
                     raise
                 self._power_reading_w = None
+                self._run_up_started_for = None
                 self._lines.drain()
                 self.writer.event("warning", f"line {int(line['line_index'])} attempt {attempt + 1} failed: {error}")
                 self._recover(error, power_w)
@@ -303,7 +311,9 @@ class ScanEngine:
             self.station.stage.wait_idle(self.options.move_timeout_s)
         self._laser_on(power_w)
 
-    def _measure_line(self, line: np.void, power_w: float) -> tuple[dict[str, float], np.ndarray]:
+    def _measure_line(
+        self, line: np.void, power_w: float, next_line: np.void | None
+    ) -> tuple[dict[str, float], np.ndarray]:
         station, sampling = self.station, self.recipe.sampling
         # lines follow each other within milliseconds while the laser drifts over minutes: the reading after
         # the last line is this line's reading before (taken afresh after anything that touched the laser)
@@ -311,20 +321,37 @@ class ScanEngine:
         self._power_reading_w = None  # in case this line fails
         if power_before is None:
             power_before = station.power_meter.power_w()
+        motion = LineMotion(
+            velocity_um_s=sampling.velocity_um_s,
+            sample_rate_hz=sampling.sample_rate_hz,
+            accel_um_s2=self._acceleration_um_s2,
+            run_up_um=sampling.run_up_um,
+        )
+        run_up_started = self._run_up_started_for == int(line["line_index"])
+        self._run_up_started_for = None
+        power_after = math.nan
+
+        def after_motion() -> None:
+            # the stage has finished the line: read the power meter and send the stage on to the next line's
+            # run-up before the samples are transferred, so the transfer overlaps the move (and, on the virtual
+            # station, these exchanges overlap its computing the line's samples)
+            nonlocal power_after
+            power_after = station.power_meter.power_w()
+            if next_line is not None:
+                start_run_up(station.stage, _line_ends(next_line)[0], _line_ends(next_line)[1], motion)
+                self._run_up_started_for = int(next_line["line_index"])
+
+        start_um, stop_um = _line_ends(line)
         acquired = acquire_line(
             station,
-            (float(line["x_start_um"]), float(line["y_start_um"])),
-            (float(line["x_stop_um"]), float(line["y_stop_um"])),
+            start_um,
+            stop_um,
             int(line["sample_count"]),
-            motion=LineMotion(
-                velocity_um_s=sampling.velocity_um_s,
-                sample_rate_hz=sampling.sample_rate_hz,
-                accel_um_s2=self._acceleration_um_s2,
-                run_up_um=sampling.run_up_um,
-            ),
+            motion=motion,
             options=self.options,
+            run_up_started=run_up_started,
+            after_motion=after_motion,
         )
-        power_after = station.power_meter.power_w()
         record = {
             "line_index": float(line["line_index"]),
             "trigger_time_s": math.nan,  # the digitizer does not time-stamp its trigger
@@ -454,6 +481,8 @@ def acquire_line(
     *,
     motion: LineMotion,
     options: ScanOptions,
+    run_up_started: bool = False,
+    after_motion: Callable[[], None] | None = None,
 ) -> LineAcquisition:
     """Drive the stage from ``start_um`` to ``stop_um`` (stage frame) at constant velocity and digitize
     ``sample_count`` samples from the moment the spot crosses ``start_um``: sample ``i`` lies at
@@ -462,23 +491,30 @@ def acquire_line(
     The stage first travels to a run-up point before the start (far enough to reach the line speed), and goes
     on past the stop by the same distance. A slanted line moves X and Y at speeds in proportion to its
     direction, so both axes follow the same time profile and the path is straight.
+
+    Parameters
+    ----------
+    run_up_started
+        The caller has already sent the stage to this line's run-up point with :func:`start_run_up` (while the
+        previous line's samples were read); the function then only waits for the stage.
+    after_motion
+        Called once the stage has finished the line (trigger reset, end position read), before the samples are
+        read from the digitizer: a scan reads its power meter there and starts the next line's run-up, so the
+        transfer of the samples overlaps that move.
     """
     stage, detector = station.stage, station.detector
     start, stop = np.asarray(start_um, dtype=float), np.asarray(stop_um, dtype=float)
-    direction = (stop - start) / max(float(np.hypot(*(stop - start))), 1e-9)
-    run_up_um = motion.velocity_um_s**2 / (2 * motion.accel_um_s2) + motion.run_up_um
-    run_up, run_out = start - direction * run_up_um, stop + direction * run_up_um
-    for axis, target in ((Axis.X, run_up[0]), (Axis.Y, run_up[1])):
-        stage.set_velocity_um_s(axis, max(motion.velocity_um_s, TRAVEL_SPEED_UM_S))
-        stage.set_acceleration_um_s2(axis, motion.accel_um_s2)
-        stage.move_absolute_um(axis, float(target), wait=False)
-    stage.wait_idle(options.move_timeout_s)
+    direction, _, run_out = _line_path(start, stop, motion)
+    if not run_up_started:
+        start_run_up(stage, start_um, stop_um, motion)
+    start_readback = _xy(stage.wait_idle_positions_um(options.move_timeout_s))
     moving = [(Axis.X, run_out[0], abs(direction[0])), (Axis.Y, run_out[1], abs(direction[1]))]
     moving = [(axis, target, share) for axis, target, share in moving if share > 1e-9]
     try:
         return _drive_line(
             stage,
             detector,
+            start_readback=start_readback,
             start=start,
             direction=direction,
             run_out=run_out,
@@ -486,6 +522,7 @@ def acquire_line(
             sample_count=sample_count,
             motion=motion,
             options=options,
+            after_motion=after_motion,
         )
     finally:
         # leave the stage with its full acceleration, whatever happened: the next line's run-up relies on it
@@ -498,6 +535,7 @@ def _drive_line(
     stage: Stage,
     detector: IntensityDetector,
     *,
+    start_readback: tuple[float, float],
     start: np.ndarray,
     direction: np.ndarray,
     run_out: np.ndarray,
@@ -505,8 +543,8 @@ def _drive_line(
     sample_count: int,
     motion: LineMotion,
     options: ScanOptions,
+    after_motion: Callable[[], None] | None,
 ) -> LineAcquisition:
-    start_readback = _xy_readback(stage)
     for axis, _, share in moving:
         stage.set_velocity_um_s(axis, motion.velocity_um_s * share)
     _set_line_accelerations(stage, moving, motion)
@@ -535,11 +573,38 @@ def _drive_line(
                 detector.abort()
                 raise InstrumentTimeoutError(detector.name, f"line not acquired within {timeout_s:.1f} s")
             time.sleep(options.poll_interval_s)
-    samples = detector.read_samples_v(0, sample_count)
-    stage.wait_idle(options.move_timeout_s)
+    # the samples stay in the digitizer's buffer until the next arm: first finish with the stage (and let the
+    # caller start the next line's run-up), then transfer them while the stage moves
+    stop_readback = _xy(stage.wait_idle_positions_um(options.move_timeout_s))
     stage.disarm_position_trigger()
-    stop_readback = _xy_readback(stage)
+    if after_motion is not None:
+        after_motion()
+    samples = detector.read_samples_v(0, sample_count)
     return LineAcquisition(samples, start_readback, stop_readback)
+
+
+def _line_path(start: np.ndarray, stop: np.ndarray, motion: LineMotion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The line's unit direction, its run-up point before ``start`` and its run-out point past ``stop``."""
+    direction = (stop - start) / max(float(np.hypot(*(stop - start))), 1e-9)
+    run_up_um = motion.velocity_um_s**2 / (2 * motion.accel_um_s2) + motion.run_up_um
+    return direction, start - direction * run_up_um, stop + direction * run_up_um
+
+
+def _line_ends(line: np.void) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A plan line's start and stop (stage frame, µm)."""
+    return (float(line["x_start_um"]), float(line["y_start_um"])), (float(line["x_stop_um"]), float(line["y_stop_um"]))
+
+
+def start_run_up(stage: Stage, start_um: tuple[float, float], stop_um: tuple[float, float], motion: LineMotion) -> None:
+    """Send the stage (at travel speed and the line's acceleration) to the run-up point of the line from
+    ``start_um`` to ``stop_um``, without waiting: :func:`acquire_line` with ``run_up_started=True`` then waits.
+    """
+    start, stop = np.asarray(start_um, dtype=float), np.asarray(stop_um, dtype=float)
+    _, run_up, _ = _line_path(start, stop, motion)
+    for axis, target in ((Axis.X, run_up[0]), (Axis.Y, run_up[1])):
+        stage.set_velocity_um_s(axis, max(motion.velocity_um_s, TRAVEL_SPEED_UM_S))
+        stage.set_acceleration_um_s2(axis, motion.accel_um_s2)
+        stage.move_absolute_um(axis, float(target), wait=False)
 
 
 def _set_line_accelerations(stage: Stage, moving: list[tuple[Axis, float, float]], motion: LineMotion) -> None:
@@ -564,8 +629,7 @@ def _set_line_accelerations(stage: Stage, moving: list[tuple[Axis, float, float]
             stage.set_acceleration_um_s2(axis, min(wanted, MAX_ACCELERATION_FACTOR * motion.accel_um_s2))
 
 
-def _xy_readback(stage: Stage) -> tuple[float, float]:
-    positions = stage.positions_um()
+def _xy(positions: dict[Axis, float]) -> tuple[float, float]:
     return positions[Axis.X], positions[Axis.Y]
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from cext.pl_render import spot_path_um
 
 from drivers.interfaces import Axis, TriggerDirection
 from drivers.virtual.bench import AxisModel, FaultKind, FaultPlan, FaultRule, LaserModel, SimClock
@@ -49,6 +50,50 @@ def test_sorted_and_general_position_paths_agree() -> None:
     times = np.sort(np.random.default_rng(3).uniform(-0.5, 4.0, 5000))
     general = np.array([float(model.position_um(t)) for t in times])
     np.testing.assert_allclose(model.position_um(times), general, rtol=0, atol=1e-9)
+
+
+def random_motion(rng: np.random.Generator, moves: int) -> AxisModel:
+    """An axis after ``moves`` moves at random speeds, each commanded at a random moment of the one before."""
+    model = axis(max_velocity_um_s=100_000.0, accel_um_s2=float(rng.uniform(1e5, 3e6)))
+    now_s = 0.0
+    for _ in range(moves):
+        model.velocity_um_s = float(rng.uniform(1e3, 1e5))
+        end_s = model.move_to(now_s, float(rng.uniform(-100_000.0, 100_000.0)))
+        now_s = float(rng.uniform(now_s, end_s + 0.01))
+    return model
+
+
+def test_one_instant_and_many_give_the_same_bits() -> None:
+    """The scalar path (plain floats, for status replies and triggers) is the array path, to the last bit."""
+    rng = np.random.default_rng(11)
+    for moves in range(6):
+        model = random_motion(rng, moves)
+        for instant in [*rng.uniform(-0.01, 0.3, 40), *(phase.t0_s for phase in model.phases)]:
+            one = model.position_um(float(instant))
+            assert isinstance(one, np.float64)
+            assert one.tobytes() == np.asarray(model.position_um(np.asarray(instant))).tobytes()
+            assert model.velocity_at(float(instant)) == model.velocity_at(np.float64(instant))
+
+
+def test_compiled_spot_path_gives_the_numpy_bits() -> None:
+    """``cext.pl_render.spot_path_um`` (the digitizer twin's sample positions) is the NumPy path through
+    ``AxisModel.position_um`` and ``Placement.stage_to_wafer``, bit for bit: a build with fused multiply-adds would
+    fail here (and change the virtual wafer's samples)."""
+    rng = np.random.default_rng(12)
+    for trial in range(60):
+        x_axis, y_axis = random_motion(rng, trial % 6), random_motion(rng, (trial + 3) % 6)
+        times = rng.uniform(-0.01, 0.3) + np.arange(int(rng.integers(1, 3000))) / rng.uniform(1e3, 1e6)
+        if trial % 3 == 0:  # instants exactly at phase starts
+            times = np.sort(np.concatenate([times, [phase.t0_s for phase in x_axis.phases]]))
+        placement = Placement(rng.uniform(-500, 500), rng.uniform(-500, 500), rng.uniform(-2, 2))
+        expected = placement.stage_to_wafer(x_axis.position_um(times), y_axis.position_um(times))
+        rotation = math.radians(placement.rotation_deg)
+        found = spot_path_um(
+            times, x_axis.phase_table(), y_axis.phase_table(), placement.offset_x_um, placement.offset_y_um,
+            math.cos(rotation), math.sin(rotation),
+        )  # fmt: skip
+        for want, got in zip(expected, found, strict=True):
+            assert np.asarray(want).tobytes() == got.tobytes()
 
 
 def test_stall_stops_dead_and_flags_fs() -> None:

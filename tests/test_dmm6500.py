@@ -493,3 +493,42 @@ def test_close_stops_a_waiting_acquisition() -> None:
         sweep_stage_through_trigger(bench)  # a trigger after close starts nothing
         with bench.lock:
             assert not twin.running
+
+
+def test_complete_line_is_computed_from_the_bench_as_at_the_first_command_after_it() -> None:
+    """The twin computes a finished line in the background: the samples are the bench's signal at the moment of
+    the first command after the line (here the count query), bit for bit, even if the laser changes before the
+    samples are read."""
+    bench = lit_bench(RampWorld())
+    with serve_twin(DMM6500Twin, bench) as resource, KeithleyDMM6500.open(resource) as dmm:
+        dmm.configure_triggered_acquisition(100e3, 20_000)
+        dmm.arm()
+        trigger_s = sweep_stage_through_trigger(bench)
+        assert dmm.samples_acquired() == 20_000
+        with bench.lock:
+            expected = bench.detector_signal_v(trigger_s + np.arange(20_000, dtype=np.float64) / 100e3)
+            bench.laser.emission = False  # after the line: must not reach back into its samples
+        samples = dmm.read_samples_v(0, 20_000)
+    np.testing.assert_array_equal(samples, expected.astype(np.float32).astype(np.float64))
+
+
+class FailingWorld(UniformWorld):
+    def pl_signal_v(self, x_um: np.ndarray, y_um: np.ndarray, power_w: np.ndarray, t_s: np.ndarray) -> np.ndarray:
+        raise FloatingPointError("the world failed")
+
+
+def test_a_failing_background_render_surfaces_in_the_twin() -> None:
+    """A render that fails on the render thread fails the read that needed it (the server thread reports it and
+    drops the connection), instead of hanging or sending made-up samples."""
+    bench = lit_bench(FailingWorld())
+    with serve_twin(DMM6500Twin, bench) as resource:
+        dmm = KeithleyDMM6500.open(resource, timeout_s=2.0)
+        try:
+            dmm.configure_triggered_acquisition(100e3, 100)
+            dmm.arm()
+            sweep_stage_through_trigger(bench)
+            assert dmm.samples_acquired() == 100  # counting needs no samples
+            with pytest.raises(InstrumentConnectionError):
+                dmm.read_samples_v(0, 100)
+        finally:
+            dmm._close_resource()  # the twin has dropped the connection: nothing to make safe

@@ -470,3 +470,83 @@ def test_slanted_line_is_straight_regression(velocity_um_s: float, angle_deg: fl
     along = math.cos(angle) * x + math.sin(angle) * y
     assert np.max(np.abs(across)) < 0.5
     np.testing.assert_allclose(along, -20_000.0 + np.arange(count) * pitch_um, atol=1.0)
+
+
+class _RecordingStage:
+    """Just what :func:`acquire_line` asks of a stage, each call logged; moves end at once."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.accelerations = {Axis.X: 1e6, Axis.Y: 1e6}
+
+    def set_velocity_um_s(self, axis: Axis, velocity_um_s: float) -> None:
+        self.log.append(f"velocity {axis.value}")
+
+    def set_acceleration_um_s2(self, axis: Axis, acceleration_um_s2: float) -> None:
+        self.accelerations[axis] = acceleration_um_s2
+
+    def acceleration_um_s2(self, axis: Axis) -> float:
+        return self.accelerations[axis]
+
+    def move_absolute_um(self, axis: Axis, position_um: float, *, wait: bool = True) -> None:
+        self.log.append(f"move {axis.value} {position_um:g}")
+
+    def wait_idle_positions_um(self, timeout_s: float) -> dict[Axis, float]:
+        self.log.append("wait and read positions")
+        return {Axis.X: 1.0, Axis.Y: 2.0, Axis.Z: 3.0}
+
+    def arm_position_trigger(self, axis: Axis, position_um: float, direction: object) -> None:
+        self.log.append("arm trigger")
+
+    def disarm_position_trigger(self) -> None:
+        self.log.append("disarm trigger")
+
+
+class _RecordingDetector:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.name = "detector"
+
+    def configure_triggered_acquisition(self, sample_rate_hz: float, sample_count: int) -> None:
+        self.log.append("configure")
+
+    def arm(self) -> None:
+        self.log.append("arm detector")
+
+    def samples_acquired(self) -> int:
+        self.log.append("count samples")
+        return 10
+
+    def read_samples_v(self, start: int, count: int) -> np.ndarray:
+        self.log.append("read samples")
+        return np.zeros(count)
+
+
+def test_line_ends_with_the_stage_and_the_next_run_up_before_the_samples_are_read() -> None:
+    """The samples stay in the digitizer until the next arm: the engine first finishes with the stage (one
+    status-and-position poll, trigger reset), lets the caller start the next line's run-up, then reads them, so
+    the transfer overlaps the move. A run-up started that way is not sent again."""
+    log: list[str] = []
+    station = type("FakeStation", (), {"stage": _RecordingStage(log), "detector": _RecordingDetector(log)})()
+    motion = LineMotion(velocity_um_s=1000.0, sample_rate_hz=1e5, accel_um_s2=1e6, run_up_um=0.0)
+    line = acquire_line(
+        station, (0.0, 0.0), (100.0, 0.0), 10, motion=motion, options=ScanOptions(),
+        run_up_started=True, after_motion=lambda: log.append("after motion"),
+    )  # fmt: skip
+    assert log == [
+        "wait and read positions",
+        "velocity x",
+        "configure",
+        "arm detector",
+        "arm trigger",
+        "move x 100.5",
+        "count samples",
+        "wait and read positions",
+        "disarm trigger",
+        "after motion",
+        "read samples",
+    ]
+    assert line.start_readback_um == (1.0, 2.0) and line.stop_readback_um == (1.0, 2.0)
+    log.clear()
+    acquire_line(station, (0.0, 0.0), (100.0, 0.0), 10, motion=motion, options=ScanOptions())
+    assert log[:5] == ["velocity x", "move x -0.5", "velocity y", "move y 0", "wait and read positions"]

@@ -234,6 +234,40 @@ def test_noisy_signal_is_reproducible_with_the_documented_noise(world) -> None:
     assert np.std(noisy[bright] - clean[bright]) > 3 * optics.read_noise_v  # the shot noise shows where it is bright
 
 
+def test_lines_over_the_same_chips_reuse_their_truth_and_give_fresh_worlds_results() -> None:
+    """Raster lines closer than the chip pitch light the same chips: the world keeps the last band's chip arrays.
+    Whatever the order of the lines, every signal equals a fresh world's, bit for bit."""
+    shared = WaferWorld(make_profile())
+    x_chip, y_chip = shared.layout.chip_center_um(*shared.layout.anchor_index)
+    x = np.linspace(-3000, 3000, 30_000) + x_chip
+    pitch = shared.layout.grid.pitch_y_um
+    offsets = [0.0, 5.0, pitch, 0.0, 5.0]  # two lines over one chip row, one over the next, then back
+    signals = [shared.pl_signal_v(x, np.full(x.shape, y_chip + dy), HIGH_POWER_W, x * 0) for dy in offsets]
+    for dy, signal in zip(offsets, signals, strict=True):
+        fresh = WaferWorld(make_profile()).pl_signal_v(x, np.full(x.shape, y_chip + dy), HIGH_POWER_W, x * 0)
+        np.testing.assert_array_equal(signal, fresh)
+    # slanted lines 25 µm apart (as on a rotated wafer) light mostly, not exactly, the same chips: only the new ones are
+    # looked up, and every signal still equals a fresh world's
+    looked_up: list[int] = []
+    chip_truth = shared.chip_truth
+    shared.chip_truth = lambda col, row: (looked_up.append(np.size(col)), chip_truth(col, row))[1]  # type: ignore[method-assign]
+    slant = (x - x_chip) * np.tan(np.radians(2.0))
+    shared.forget_kept_band()
+    for step in range(4):
+        y = y_chip + 25.0 * step + slant
+        fresh = WaferWorld(make_profile()).pl_signal_v(x, y, HIGH_POWER_W, x * 0)
+        np.testing.assert_array_equal(shared.pl_signal_v(x, y, HIGH_POWER_W, x * 0), fresh)
+    assert looked_up[0] > 0 and 0 < sum(looked_up[1:]) < 3 * looked_up[0]
+    del shared.chip_truth
+    # the kept arrays are reused for the same band and replaced for another
+    shared.pl_signal_clean_v(x, np.full(x.shape, y_chip), np.full(x.shape, HIGH_POWER_W))
+    kept = shared._last_band
+    shared.pl_signal_clean_v(x, np.full(x.shape, y_chip + 5.0), np.full(x.shape, HIGH_POWER_W))
+    assert kept is not None and shared._last_band is kept
+    shared.pl_signal_clean_v(x, np.full(x.shape, y_chip + pitch), np.full(x.shape, HIGH_POWER_W))
+    assert shared._last_band is not kept
+
+
 def test_line_signal_is_periodic_at_the_chip_pitch(world) -> None:
     pitch = world.layout.grid.pitch_x_um
     x_chip, y_chip = world.layout.chip_center_um(*world.layout.anchor_index)

@@ -324,6 +324,48 @@ def test_silent_controller_times_out() -> None:
     assert caught.value.command == "/1 1 get pos"
 
 
+def test_wait_idle_positions_polls_with_get_pos_and_returns_the_idle_reply() -> None:
+    """One exchange per poll: ``get pos`` carries the device's BUSY/IDLE status, so waiting for the end of a move
+    and reading where it ended need no separate status poll."""
+    exchanges = [
+        (b"/1 get pos\n", b"@01 0 OK BUSY -- 5 6 7 0\r\n"),  # positions of a moving stage are not returned
+        (b"/1 get pos\n", b"@01 0 OK IDLE NI 10 -20 30 0\r\n"),  # a notice, not a fault
+    ]
+    with expected_protocol(ZaberXMCC, exchanges, poll_interval_s=0.001) as stage:
+        assert stage.wait_idle_positions_um(timeout_s=1.0) == pytest.approx(
+            {Axis.X: 10 * XY_STEP_UM, Axis.Y: -20 * XY_STEP_UM, Axis.Z: 30 * Z_STEP_UM}
+        )
+
+
+def test_wait_idle_positions_raises_a_fault_as_wait_idle_does() -> None:
+    exchanges = [
+        (b"/1 get pos\n", b"@01 0 OK IDLE FS 10 -20 30 0\r\n"),
+        (b"/1 1 warnings\n", b"@01 1 OK IDLE FS 01 FS\r\n"),
+        (b"/1 2 warnings\n", b"@01 2 OK IDLE -- 00\r\n"),
+        (b"/1 3 warnings\n", b"@01 3 OK IDLE -- 00\r\n"),
+    ]
+    with expected_protocol(ZaberXMCC, exchanges) as stage, pytest.raises(ZaberFaultError) as caught:
+        stage.wait_idle_positions_um(timeout_s=1.0)
+    assert caught.value.faults == {Axis.X: frozenset({"FS"})}
+
+
+@pytest.mark.parametrize("data", [b"10 -20", b"10 x 30 0"])
+def test_wait_idle_positions_rejects_a_reply_without_three_positions(data: bytes) -> None:
+    exchanges = [(b"/1 get pos\n", b"@01 0 OK IDLE -- " + data + b"\r\n")]
+    with expected_protocol(ZaberXMCC, exchanges) as stage, pytest.raises(InstrumentReplyError) as caught:
+        stage.wait_idle_positions_um(timeout_s=1.0)
+    assert caught.value.command == "/1 get pos"
+    assert caught.value.reply == data.decode()
+
+
+def test_wait_idle_positions_times_out_while_busy() -> None:
+    with (
+        expected_protocol(ZaberXMCC, [(b"/1 get pos\n", b"@01 0 OK BUSY -- 1 2 3 0\r\n")]) as stage,
+        pytest.raises(InstrumentTimeoutError, match="still moving"),
+    ):
+        stage.wait_idle_positions_um(timeout_s=0.0)
+
+
 def test_wait_idle_times_out_while_busy() -> None:
     with (
         expected_protocol(ZaberXMCC, [(b"/1\n", b"@01 0 OK BUSY -- 0\r\n")]) as stage,
@@ -352,6 +394,7 @@ def test_wait_idle_times_out_while_busy() -> None:
         lambda s: s.arm_position_trigger(Axis.X, 0.0, "=>"),
         lambda s: s.wait_idle(-1.0),
         lambda s: s.wait_idle(math.nan),
+        lambda s: s.wait_idle_positions_um(-1.0),
     ],
 )
 def test_invalid_values_send_nothing(call) -> None:

@@ -19,6 +19,8 @@ compute them, while their timing (trigger instants, sample times) stays exactly 
 
 from __future__ import annotations
 
+import bisect
+import copy
 import math
 import threading
 import time
@@ -27,6 +29,7 @@ from enum import StrEnum
 from typing import Protocol
 
 import numpy as np
+from cext.pl_render import spot_path_um
 
 from drivers.interfaces import Axis, TriggerDirection
 from inspection.wafer import Placement
@@ -109,6 +112,10 @@ class AxisModel:
         return np.clip(np.searchsorted(starts, t_s, side="right") - 1, 0, len(self.phases) - 1)
 
     def position_um(self, t_s: np.ndarray | float) -> np.ndarray:
+        if isinstance(t_s, float | np.floating):
+            # a single instant (every status reply, trigger and readback asks for one): plain floats, about 20×
+            # cheaper than the array path below, with the same IEEE operations in the same order, so the same bits
+            return np.float64(self._position_at_um(float(t_s)))
         t = np.asarray(t_s, dtype=np.float64)
         if t.ndim == 1 and t.size > 256 and np.all(t[1:] >= t[:-1]):
             return self._position_sorted_um(t)
@@ -119,6 +126,17 @@ class AxisModel:
         acc = np.array([p.accel_um_s2 for p in self.phases])[index]
         tau = np.maximum(t - t0, 0.0)
         return p0 + v0 * tau + 0.5 * acc * tau * tau
+
+    def _phase_at(self, t_s: float) -> MotionPhase:
+        """The phase in force at ``t_s`` (the first one for earlier times), as :meth:`_phase_index` finds it."""
+        phases = self.phases
+        index = bisect.bisect_right([phase.t0_s for phase in phases], t_s) - 1
+        return phases[min(max(index, 0), len(phases) - 1)]
+
+    def _position_at_um(self, t_s: float) -> float:
+        phase = self._phase_at(t_s)
+        tau = max(t_s - phase.t0_s, 0.0)
+        return phase.p0_um + phase.v0_um_s * tau + 0.5 * phase.accel_um_s2 * tau * tau
 
     def _position_sorted_um(self, t: np.ndarray) -> np.ndarray:
         """:meth:`position_um` for ascending times (a digitizer's sample instants): one slice per phase."""
@@ -134,8 +152,19 @@ class AxisModel:
         return out
 
     def velocity_at(self, t_s: float) -> float:
-        phase = self.phases[int(self._phase_index(np.asarray(t_s)))]
+        phase = self._phase_at(float(t_s))
         return phase.v0_um_s + phase.accel_um_s2 * max(t_s - phase.t0_s, 0.0)
+
+    def phase_table(self) -> np.ndarray:
+        """The phases as rows ``(t0_s, p0_um, v0_um_s, accel_um_s2)``, for :func:`cext.pl_render.spot_path_um`."""
+        return np.array([(p.t0_s, p.p0_um, p.v0_um_s, p.accel_um_s2) for p in self.phases], dtype=np.float64)
+
+    def copy(self) -> AxisModel:
+        """A copy whose motion later commands to this axis do not change."""
+        twin = copy.copy(self)
+        twin.phases = list(self.phases)  # the phases themselves are frozen
+        twin.warnings = set(self.warnings)
+        return twin
 
     def busy_until_s(self) -> float:
         """When the last phase starts: after it the axis rests."""
@@ -378,6 +407,41 @@ class WorldModel(Protocol):
         """Photodetector voltage from the chip's EL at ``current_a``."""
 
 
+@dataclass(frozen=True)
+class DetectorView:
+    """What the photodetector's signal depends on at one moment (see :meth:`VirtualBench.detector_view`): copies,
+    so the signal can be computed on another thread while the twins go on changing the bench."""
+
+    world: WorldModel
+    placement: Placement
+    x_axis: AxisModel
+    y_axis: AxisModel
+    laser: LaserModel
+    el_v: float | None  # EL light of a probed chip with the source-meter on, else None
+
+    def signal_v(self, t_s: np.ndarray) -> np.ndarray:
+        """Photodetector voltage at the sample instants ``t_s``: the PL under the spot, plus the EL light."""
+        t = np.asarray(t_s, dtype=np.float64)
+        if t.ndim == 1 and t.size > 1 and np.all(t[1:] >= t[:-1]):
+            # a digitizer's ascending sample instants: the path in one compiled pass, the same bits as below
+            rotation = math.radians(self.placement.rotation_deg)
+            x, y = spot_path_um(
+                np.ascontiguousarray(t),
+                self.x_axis.phase_table(),
+                self.y_axis.phase_table(),
+                self.placement.offset_x_um,
+                self.placement.offset_y_um,
+                math.cos(rotation),
+                math.sin(rotation),
+            )
+        else:
+            x, y = self.placement.stage_to_wafer(self.x_axis.position_um(t), self.y_axis.position_um(t))
+        signal = self.world.pl_signal_v(np.asarray(x), np.asarray(y), self.laser.output_power_w(t), t)
+        if self.el_v is not None:
+            signal = signal + self.el_v
+        return signal
+
+
 @dataclass
 class PositionTrigger:
     axis: Axis
@@ -514,14 +578,18 @@ class VirtualBench:
 
     def detector_signal_v(self, t_s: np.ndarray) -> np.ndarray:
         """Photodetector voltage at the sample instants ``t_s``: PL of what is under the spot, plus EL light
-        from a probed chip."""
-        t = np.asarray(t_s, dtype=np.float64)
-        x, y = self.spot_wafer_um(t)
-        signal = self.world.pl_signal_v(np.asarray(x), np.asarray(y), self.laser_power_w(t), t)
+        from a probed chip (:meth:`detector_view`, then its :meth:`~DetectorView.signal_v`)."""
+        return self.detector_view().signal_v(t_s)
+
+    def detector_view(self) -> DetectorView:
+        """A copy of what the photodetector's signal depends on (hold :attr:`lock`): the XY stage's motion, the
+        laser, a probed chip's EL. Cheap; the view then computes signals without the lock, on any thread, bit for
+        bit as the bench would have at this moment."""
         chip = self.contacted_chip()
-        if chip is not None and self.smu.output_on:
-            signal = signal + self.world.el_light_v(chip, self.smu_current_a())
-        return signal
+        el_v = self.world.el_light_v(chip, self.smu_current_a()) if chip is not None and self.smu.output_on else None
+        return DetectorView(
+            self.world, self.placement, self.axes[Axis.X].copy(), self.axes[Axis.Y].copy(), copy.copy(self.laser), el_v
+        )
 
     # SMU
     def smu_current_a(self) -> float:

@@ -28,7 +28,9 @@ the line buffer.
 from __future__ import annotations
 
 import math
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from drivers.virtual.bench import VirtualBench
+from drivers.virtual.bench import DetectorView, VirtualBench
 from drivers.virtual.scpi import (
     ErrorQueue,
     ScpiError,
@@ -77,6 +79,13 @@ class _Acquisition:
     start_s: float | None = None
     aborted_count: int | None = None  # samples kept when :ABOR stopped it early
     samples_v: np.ndarray | None = None  # cached once complete
+    rendering: _BackgroundRender | None = None  # the complete line's samples, on their way
+
+    def cached_samples(self) -> np.ndarray | None:
+        """The complete line's samples (waiting for the background render if need be), or None."""
+        if self.samples_v is None and self.rendering is not None:
+            self.samples_v, self.rendering = self.rendering.result(), None
+        return self.samples_v
 
     def acquired(self, now_s: float) -> int:
         if self.start_s is None or now_s < self.start_s:
@@ -91,6 +100,71 @@ class _Acquisition:
 
 
 Handler = Callable[[bool, str], str | bytes | None]
+
+
+def _sample_times_s(start_s: float, sample_rate_hz: float, count: int) -> np.ndarray:
+    """Sample ``i`` is taken at ``start + i / f_s``."""
+    return start_s + np.arange(count, dtype=np.float64) / sample_rate_hz
+
+
+def _digitize(view: DetectorView, times_s: np.ndarray, range_v: float) -> np.ndarray:
+    """The readings at ``times_s`` on ``range_v``: the digitizer's usable span is 120 % of range, beyond it the
+    reading is the overflow value."""
+    samples = np.asarray(view.signal_v(times_s), dtype=np.float64)
+    over = np.abs(samples) > 1.2 * range_v
+    if not over.any():  # the usual case: the samples as they are, without building a copy
+        return samples
+    return np.where(over, np.copysign(OVERFLOW_READING_V, samples), samples)
+
+
+class _BackgroundRender:
+    """One line's readings, computed on the render thread from a view of the bench taken under its lock (the
+    world is immutable and the view a copy, so no lock is needed; NumPy and the render kernel release the GIL).
+
+    One long-lived thread serves every twin of the process: a thread per line would also start a new OpenMP
+    team and a new malloc arena for every line, whose fresh pages cost more than the render saves.
+    """
+
+    _jobs: ClassVar[queue.SimpleQueue[_BackgroundRender]] = queue.SimpleQueue()
+    _worker: ClassVar[threading.Thread | None] = None
+    _worker_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, view: DetectorView, times_s: np.ndarray, range_v: float) -> None:
+        self._arguments: tuple[DetectorView, np.ndarray, float] | None = (view, times_s, range_v)
+        self._samples: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        with _BackgroundRender._worker_lock:
+            if _BackgroundRender._worker is None:
+                _BackgroundRender._worker = threading.Thread(
+                    target=_BackgroundRender._serve, name="virtual-detector-render", daemon=True
+                )
+                _BackgroundRender._worker.start()
+        _BackgroundRender._jobs.put(self)
+
+    @staticmethod
+    def _serve() -> None:
+        while True:
+            _BackgroundRender._jobs.get()._run()
+
+    def _run(self) -> None:
+        try:
+            if self._arguments is not None:
+                self._samples = _digitize(*self._arguments)
+        except BaseException as error:  # noqa: BLE001 - raised in the twin's thread by result()
+            self._error = error
+        finally:
+            self._arguments = None  # the view holds the axes' motion: let it go
+            self._done.set()
+
+    def result(self) -> np.ndarray:
+        """The readings, once computed; the exception raised computing them, if any."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        if self._samples is None:
+            raise RuntimeError("the render thread finished a line without samples")
+        return self._samples
 
 
 class DMM6500Twin(InstrumentTwin):
@@ -198,14 +272,18 @@ class DMM6500Twin(InstrumentTwin):
         now_s = self.bench.now()
         if acquisition.samples_v is None and acquisition.start_s is not None:
             taken = acquisition.acquired(now_s)
-            if taken == acquisition.count or acquisition.aborted_count is not None:
+            if acquisition.aborted_count is not None:
                 acquisition.samples_v = self._render(acquisition.start_s, acquisition.sample_rate_hz, taken)
+            elif taken == acquisition.count and acquisition.rendering is None:
+                # the line is complete: the bench is read now, as a render here would read it, and the samples
+                # computed on a thread of their own while the engine's next exchanges (stage status, trigger reset,
+                # positions, power meter, the next run-up) are served; the first read of the samples waits for it
+                times_s = _sample_times_s(acquisition.start_s, acquisition.sample_rate_hz, taken)
+                acquisition.rendering = _BackgroundRender(self.bench.detector_view(), times_s, self.range_v)
 
     def _render(self, start_s: float, sample_rate_hz: float, count: int) -> np.ndarray:
-        times_s = start_s + np.arange(count, dtype=np.float64) / sample_rate_hz
-        samples = np.asarray(self.bench.detector_signal_v(times_s), dtype=np.float64)
-        over = np.abs(samples) > 1.2 * self.range_v  # the digitizer's usable span is 120% of range
-        return np.where(over, np.copysign(OVERFLOW_READING_V, samples), samples)
+        times_s = _sample_times_s(start_s, sample_rate_hz, count)
+        return _digitize(self.bench.detector_view(), times_s, self.range_v)
 
     def _stop_acquisition(self) -> None:
         acquisition = self._acquisition
@@ -213,21 +291,29 @@ class DMM6500Twin(InstrumentTwin):
             acquisition.aborted_count = acquisition.acquired(self.bench.now())
         self.bench.hold_busy_until(self.role, self.bench.now())
 
-    def _line_samples(self) -> tuple[np.ndarray, np.ndarray]:
-        """Samples in the line buffer (oldest first) and their times relative to the first one."""
+    def _line_count(self) -> int:
+        """How many readings the line buffer holds (what :meth:`_line_samples` would return, without them)."""
+        acquisition = self._acquisition
+        if acquisition is None or acquisition.start_s is None or self._line_buffer_cleared:
+            return 0
+        return min(acquisition.acquired(self.bench.now()), self.buffer_points)
+
+    def _line_samples(self) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+        """Samples in the line buffer (oldest first), and a function that gives their times relative to the first
+        one (computed only for the rare reads that ask for them)."""
         acquisition = self._acquisition
         if acquisition is None or acquisition.start_s is None or self._line_buffer_cleared:
             empty = np.empty(0, dtype=np.float64)
-            return empty, empty
+            return empty, lambda: empty
         taken = acquisition.acquired(self.bench.now())
-        samples = acquisition.samples_v
+        samples = acquisition.cached_samples()
         if samples is None or samples.size < taken:  # mid-line: render what exists so far, without caching
             samples = self._render(acquisition.start_s, acquisition.sample_rate_hz, taken)
         # defbuffer1 fills continuously: a line longer than the buffer keeps only its newest readings
         kept = min(taken, self.buffer_points)
         first = taken - kept
-        relative_s = (np.arange(first, taken, dtype=np.float64)) / acquisition.sample_rate_hz
-        return samples[first:taken], relative_s
+        rate_hz = acquisition.sample_rate_hz
+        return samples[first:taken], lambda: np.arange(first, taken, dtype=np.float64) / rate_hz
 
     # -- commands --------------------------------------------------------------------------------------------------
     def _idn(self, query: bool, arguments: str) -> str:
@@ -333,8 +419,7 @@ class DMM6500Twin(InstrumentTwin):
         require_form(query)
         if self._buffer_name(_parameters(arguments), 0) == DC_BUFFER:
             return str(self._dc_readings)
-        samples, _ = self._line_samples()
-        return str(samples.size)
+        return str(self._line_count())
 
     def _trace_data(self, query: bool, arguments: str) -> bytes:
         require_form(query)
@@ -353,7 +438,7 @@ class DMM6500Twin(InstrumentTwin):
             if matches_mnemonic(element, "READing"):
                 columns.append(samples[first - 1 : last])
             elif matches_mnemonic(element, "RELative"):
-                columns.append(relative_s[first - 1 : last])
+                columns.append(relative_s()[first - 1 : last])
             else:
                 raise ScpiError(-224, "Illegal parameter value")  # binary formats allow only these elements
         values = columns[0] if len(columns) == 1 else np.column_stack(columns).ravel()
@@ -363,8 +448,8 @@ class DMM6500Twin(InstrumentTwin):
         if self.data_format == "ASC":
             return format_nr3_list(values).encode("ascii") + self.output_termination
         dtype = "f8" if self.data_format == "REAL" else "f4"
-        data = np.ascontiguousarray(values, dtype=(">" if self.big_endian else "<") + dtype).tobytes()
-        return b"#0" + data + self.output_termination
+        data = np.ascontiguousarray(values, dtype=(">" if self.big_endian else "<") + dtype)
+        return b"".join((b"#0", data.data, self.output_termination))  # one copy of a line's MBs, not three
 
     def _format(self, query: bool, arguments: str) -> str | None:
         if query:

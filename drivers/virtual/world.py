@@ -165,6 +165,8 @@ class WaferWorld:
         optics = profile.optics
         reach_um = 4.0 * optics.spot_sigma_um + 0.5 * max(grid.chip_width_um, grid.chip_height_um)
         self._reach = max(1, math.ceil(reach_um / min(grid.pitch_x_um, grid.pitch_y_um)))
+        # the chip arrays of the last line's band (see _band_chips)
+        self._last_band: _KeptBand | None = None
 
     # -- wafer-scale defects ------------------------------------------------------------------------------------
     def _draw_defects(self, rng: np.random.Generator) -> WaferDefects:
@@ -390,20 +392,7 @@ class WaferWorld:
         )
         # only the chips some sample lights: along a chip row, one or two per column
         col0, band_row0, band_start = line_band(x_um.ravel(), y_um, frame, *geometry, self._reach)
-        counts = np.diff(band_start)
-        slots = int(band_start[-1])
-        cols = np.repeat(np.arange(col0, col0 + counts.size, dtype=np.int64), counts)
-        rows = np.repeat(band_row0 - band_start[:-1], counts) + np.arange(slots, dtype=np.int64)
-        valid = self.layout.in_box(cols, rows)
-        arrays = {name: np.zeros(slots) for name in ("a", "c", "s", "exc", "gain", "scatter")}
-        arrays["a"][:] = 1.0
-        truth = self.chip_truth(cols[valid], rows[valid])
-        arrays["a"][valid] = truth.a_coeff
-        arrays["c"][valid] = truth.c_coeff
-        arrays["s"][valid] = truth.shunt
-        arrays["exc"][valid] = truth.excitation
-        arrays["gain"][valid] = self._pl_gain_v_per_w(truth)
-        arrays["scatter"][valid] = np.where(truth.present, optics.scatter_v_per_w, 0.0)
+        arrays = self._band_chips(col0, band_row0, band_start)
         signal = render_line(
             x_um.ravel(),
             y_um,
@@ -415,7 +404,7 @@ class WaferWorld:
             arrays["a"],
             arrays["c"],
             arrays["s"],
-            np.full(slots, self.profile.defects.leak_saturation_n),
+            arrays["saturation"],
             arrays["exc"],
             arrays["gain"],
             arrays["scatter"],
@@ -428,6 +417,49 @@ class WaferWorld:
             optics.background_v,
         )
         return signal.reshape(x_um.shape)
+
+    def _band_chips(self, col0: int, band_row0: np.ndarray, band_start: np.ndarray) -> dict[str, np.ndarray]:
+        """The render kernel's per-slot chip arrays for a band of chips (see :func:`cext.pl_render.render_line`).
+
+        The last band and its arrays are kept: raster lines closer than the chip pitch (the demo recipe's 25 µm
+        lines over 100 µm chips) light the same chips, or mostly the same ones on a rotated wafer, and looking up
+        their truth costs as much as a fifth of a line's render. Chips of the new band that the kept one holds
+        take their values from it; only the others are looked up. Chip truth is a pure function of the seed and
+        the chip, so the result is what a fresh look-up of every chip gives; kept arrays are never written to.
+        """
+        key = (int(col0), band_row0.tobytes(), band_start.tobytes())
+        kept = self._last_band
+        if kept is not None and kept.key == key:
+            return kept.arrays
+        optics = self.profile.optics
+        counts = np.diff(band_start)
+        slots = int(band_start[-1])
+        cols = np.repeat(np.arange(col0, col0 + counts.size, dtype=np.int64), counts)
+        rows = np.repeat(band_row0 - band_start[:-1], counts) + np.arange(slots, dtype=np.int64)
+        arrays = {name: np.zeros(slots) for name in ("a", "c", "s", "exc", "gain", "scatter")}
+        arrays["a"][:] = 1.0
+        todo = self.layout.in_box(cols, rows)
+        if kept is not None:
+            new_slots, old_slots = kept.slots_of(cols, rows)
+            for name, values in arrays.items():
+                values[new_slots] = kept.arrays[name][old_slots]
+            todo[new_slots] = False
+        truth = self.chip_truth(cols[todo], rows[todo])
+        arrays["a"][todo] = truth.a_coeff
+        arrays["c"][todo] = truth.c_coeff
+        arrays["s"][todo] = truth.shunt
+        arrays["exc"][todo] = truth.excitation
+        arrays["gain"][todo] = self._pl_gain_v_per_w(truth)
+        arrays["scatter"][todo] = np.where(truth.present, optics.scatter_v_per_w, 0.0)
+        arrays["saturation"] = np.full(slots, self.profile.defects.leak_saturation_n)
+        # one assignment: a render on another thread sees the old or the new band, never half of each
+        self._last_band = _KeptBand(key, int(col0), band_row0.copy(), band_start.copy(), arrays)
+        return arrays
+
+    def forget_kept_band(self) -> None:
+        """Drop the chip arrays kept from the last line (see :meth:`_band_chips`): benchmarks time a line over new
+        chips with it. Results never depend on it."""
+        self._last_band = None
 
     def chip_pl_v(self, truth: ChipTruth, absorbed_w: np.ndarray) -> np.ndarray:
         """Detector volts from each chip when it absorbs ``absorbed_w`` (whole spot on the chip)."""
@@ -761,6 +793,26 @@ def _write_el_csv(path: Path, conditions: Mapping[str, object], chunks: Iterable
             count += len(results)
     temporary.replace(path)
     return count
+
+
+@dataclass(frozen=True)
+class _KeptBand:
+    """A band of chips (see :func:`cext.pl_render.line_band`) with the render kernel's per-slot chip arrays."""
+
+    key: tuple[int, bytes, bytes]
+    col0: int
+    band_row0: np.ndarray
+    band_start: np.ndarray
+    arrays: dict[str, np.ndarray]
+
+    def slots_of(self, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which of the chips ``(cols, rows)`` this band holds: their positions in ``cols``, and their slots here."""
+        column = cols - self.col0
+        inside = (column >= 0) & (column < self.band_row0.size)
+        column = column[inside]
+        offset = rows[inside] - self.band_row0[column]
+        held = (offset >= 0) & (offset < self.band_start[column + 1] - self.band_start[column])
+        return np.flatnonzero(inside)[held], self.band_start[column[held]] + offset[held]
 
 
 def _overlap_1d(offset: np.ndarray, half_size: float, sigma: float) -> np.ndarray:
