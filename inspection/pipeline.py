@@ -42,10 +42,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from enum import IntFlag
 from pathlib import Path
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -568,6 +571,33 @@ def analyze_scan(
     return AnalysisSummary(path, tuple(summaries), len(spectra), time.perf_counter() - started)
 
 
+T = TypeVar("T")
+
+BANDS_IN_FLIGHT = 2
+"""Bands of chip rows computed at once on worker threads (the kernel, the records and the sampling phase spend
+their time in compiled code that releases the GIL) while the band before is written: the analysis otherwise kept
+one of the two cores idle. The memory bound (:attr:`AnalysisSettings.memory_mb`) is shared among them."""
+
+
+def computed_ahead(tasks: Iterable[Callable[[], T]], ahead: int) -> Iterator[T]:
+    """The results of ``tasks`` in order, up to ``ahead`` of them running at once on worker threads.
+
+    The caller works on one result while the next ones are computed. Leaving the loop early (an exception, a
+    cancel) cancels the tasks not yet started and waits for the running ones.
+    """
+    pool = ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="band")
+    pending: deque[Future[T]] = deque()
+    try:
+        for task in tasks:
+            pending.append(pool.submit(task))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Analysis:
     def __init__(
         self,
@@ -593,10 +623,11 @@ class _Analysis:
         line_spacing_um = sampling.line_pitch_um if sampling.mode is ScanMode.RASTER else grid.pitch_y_um
         self.sample_area_um2 = self.sample_pitch_um * line_spacing_um
         self.usable = self.layout.usable_mask()
-        # memory per chip row: the accumulators and the finished records (the kernel keeps no copies)
-        per_row = self.shape[1] * (kernels.FIELD_COUNT * 8 + CHIP_DTYPE.itemsize + 16)
+        # memory per chip row: the accumulators and the finished records (the kernel keeps no copies); the bands
+        # in flight share the bound
+        per_row = self.shape[1] * (kernels.FIELD_COUNT * 8 + CHIP_DTYPE.itemsize + 16) * BANDS_IN_FLIGHT
         self.band_rows = int(max(1, min(self.shape[0], settings.memory_mb * 2**20 * 0.6 // per_row)))
-        self.sample_budget = int(settings.memory_mb * 2**20 * 0.4 // 4)
+        self.sample_budget = int(settings.memory_mb * 2**20 * 0.4 // (4 * BANDS_IN_FLIGHT))
 
     # -- passes ------------------------------------------------------------------------------------------------------
     def run(self) -> list[PassSummary]:
@@ -611,13 +642,14 @@ class _Analysis:
             plan = self.prepare_pass(index)
 
             def bands(plan: _PassPlan = plan, done: int = done) -> Iterable[tuple[int, np.ndarray]]:
-                for first_row in range(0, self.shape[0], self.band_rows):
-                    last_row = min(first_row + self.band_rows, self.shape[0])
+                starts = range(0, self.shape[0], self.band_rows)
+                tasks = (self._band_task(plan, first_row) for first_row in starts)
+                for first_row, chips in computed_ahead(tasks, BANDS_IN_FLIGHT):
                     self.report(
                         0.95 * (done + first_row / self.shape[0]) / len(passes),
-                        f"pass {plan.lines.pass_index}: chip rows {first_row}..{last_row - 1}",
+                        f"pass {plan.lines.pass_index}: chip rows {first_row}..{first_row + chips.shape[0] - 1}",
                     )
-                    yield first_row, self.band_chips(plan, first_row, last_row)
+                    yield first_row, chips
 
             last = ratio is not None and index == passes[-1]  # the efficiency ratio is written with the last pass
             measured = write_pass_bands(
@@ -649,6 +681,10 @@ class _Analysis:
         lines = _PassLines(pass_index, geometry, offsets, counts, gains, plan, offset_um)
         loss = self._line_phase_loss(lines, power_w, dark_v)
         return _PassPlan(lines, power_w, dark_v, loss, registration_col, registration_row, spread)
+
+    def _band_task(self, plan: _PassPlan, first_row: int) -> Callable[[], tuple[int, np.ndarray]]:
+        last_row = min(first_row + self.band_rows, self.shape[0])
+        return lambda: (first_row, self.band_chips(plan, first_row, last_row))
 
     def band_chips(self, plan: _PassPlan, first_row: int, last_row: int) -> np.ndarray:
         """``CHIP_DTYPE`` records of chip rows ``first_row .. last_row - 1``, sampling phase divided out, neighbour

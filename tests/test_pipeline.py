@@ -4,6 +4,8 @@ the stored results, and the NumPy reference of the per-chip measurement."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -23,6 +25,7 @@ from inspection.pipeline import (
     ChipResults,
     RegistrationError,
     analyze_scan,
+    computed_ahead,
     line_geometry,
 )
 from inspection.recipe import load_recipe
@@ -277,3 +280,31 @@ def test_analyze_command_reports_results_and_bad_input(demo_scan: Path, tmp_path
     assert main(["analyze", str(shifted), str(copy)]) == 1  # the other file is still analysed
     captured = capsys.readouterr()
     assert "off their indices" in captured.err and str(copy) in captured.out
+
+
+def test_bands_computed_ahead_come_in_order_and_stop_with_the_caller() -> None:
+    running, most, started = 0, 0, []
+    lock = threading.Lock()
+
+    def task(index: int):
+        def run() -> int:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+                started.append(index)
+            time.sleep(0.02 * (index % 3 == 0))  # the slow ones must not overtake the order
+            with lock:
+                running -= 1
+            return index
+
+        return run
+
+    assert list(computed_ahead((task(i) for i in range(10)), 2)) == list(range(10))
+    assert most <= 2
+    started.clear()
+    results = computed_ahead((task(i) for i in range(10)), 2)
+    assert [next(results), next(results)] == [0, 1]
+    results.close()  # the caller stops (an error, a cancel): nothing beyond the window was started
+    time.sleep(0.1)
+    assert {0, 1} <= set(started) <= {0, 1, 2}
