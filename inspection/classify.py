@@ -36,6 +36,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -319,13 +320,23 @@ def classify(
         band = options.features.band_rows
         # sample every k-th inspected chip for the drift check, so it sees the whole wafer in bounded memory
         stride = max(1, layout.chip_count // DRIFT_SAMPLE_CHIPS)
-        for first in range(0, shape[0], band):
-            rows = slice(first, min(first + band, shape[0]))
-            features, inspected = band_features(results, trends, rows, (grid.chip_height_um, grid.chip_width_um))
-            classes[rows], probability[rows] = _band_classes(features, inspected, rules, options.model)
-            if options.model is not None:
-                drift_rows.append(features[inspected][::stride])
-            report(0.8 * rows.stop / shape[0], f"classified rows {rows.start}-{rows.stop - 1}")
+        bands = [slice(first, min(first + band, shape[0])) for first in range(0, shape[0], band)]
+        chip_size_um = (grid.chip_height_um, grid.chip_width_um)
+        # the next band's features are read and computed while this one is classified (the model walks its trees
+        # without the GIL), so the file, the features and the model keep both cores busy; bands are classified in
+        # order, each by the same calls as one at a time
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            upcoming = reader.submit(band_features, results, trends, bands[0], chip_size_um) if bands else None
+            for index, rows in enumerate(bands):
+                features, inspected = upcoming.result()
+                if index + 1 < len(bands):
+                    upcoming = reader.submit(band_features, results, trends, bands[index + 1], chip_size_um)
+                classes[rows], probability[rows] = _band_classes(features, inspected, rules, options.model)
+                if options.model is not None:
+                    # features[inspected][::stride], without copying every inspected chip's row first
+                    sample = np.flatnonzero(inspected.ravel())[::stride]
+                    drift_rows.append(features.reshape(-1, features.shape[-1])[sample])
+                report(0.8 * rows.stop / shape[0], f"classified rows {rows.start}-{rows.stop - 1}")
         spectra = results.spectra()
     _spectral_classes(classes, spectra, layout, rules)
     classes[~layout.physical_mask()] = NO_CHIP

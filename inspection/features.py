@@ -25,6 +25,7 @@ Large wafers are processed in bands of rows (:func:`band_features`) after one pa
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,9 +158,8 @@ def wafer_trends(
     )
     rows = layout_shape[0]
     band = max(block[0], settings.band_rows // block[0] * block[0])
-    parts: dict[str, list[np.ndarray]] = {"high": [], "low": [], "ratio": []}
-    streets: list[np.ndarray] = []
-    for first in range(0, rows, band):
+
+    def band_trends(first: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         sl = slice(first, min(first + band, rows))
         chips_high, chips_low = results.chips(high, rows=sl), results.chips(low, rows=sl)
         ratio = results.efficiency_ratio(rows=sl)
@@ -167,10 +167,19 @@ def wafer_trends(
         intensity_high = chips_high["intensity_v"]
         intensity_low = chips_low["intensity_v"]
         lit = valid & (intensity_high > 0) & (intensity_low > 0)
-        parts["high"].append(_block_medians(intensity_high, valid, block, settings.min_block_chips))
-        parts["low"].append(_block_medians(intensity_low, valid, block, settings.min_block_chips))
-        parts["ratio"].append(_block_medians(ratio, lit & np.isfinite(ratio), block, settings.min_block_chips))
-        streets.append(chips_high["street_v"][valid][::7])
+        return (
+            _block_medians(intensity_high, valid, block, settings.min_block_chips),
+            _block_medians(intensity_low, valid, block, settings.min_block_chips),
+            _block_medians(ratio, lit & np.isfinite(ratio), block, settings.min_block_chips),
+            chips_high["street_v"][valid][::7],
+        )
+
+    # two bands in flight: one's medians (NumPy's partition, without the GIL) overlap the other's reading; the
+    # results come back in band order, so the trends are those of one band after another
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        bands = list(pool.map(band_trends, range(0, rows, band)))
+    parts = {name: [band_result[index] for band_result in bands] for index, name in enumerate(("high", "low", "ratio"))}
+    streets = [band_result[3] for band_result in bands]
     street = np.concatenate(streets) if streets else np.zeros(0)
     return WaferTrends(
         block_chips=block,
@@ -183,14 +192,18 @@ def wafer_trends(
     )
 
 
-def _trend_at(blocks: np.ndarray, block: tuple[int, int], rows: slice, cols: int) -> np.ndarray:
-    """The block-median grid interpolated (bilinear between block centres) at every chip of a band."""
+def _band_coordinates(block: tuple[int, int], rows: slice, cols: int) -> list[np.ndarray]:
+    """Every chip of a band in block-grid coordinates (block centres at integers), for :func:`_trend_at`."""
     row_index = np.arange(rows.start, rows.stop, dtype=np.float64)
     col_index = np.arange(cols, dtype=np.float64)
     block_row = (row_index + 0.5) / block[0] - 0.5
     block_col = (col_index + 0.5) / block[1] - 0.5
-    grid_rows, grid_cols = np.meshgrid(block_row, block_col, indexing="ij")
-    return ndimage.map_coordinates(blocks, [grid_rows, grid_cols], order=1, mode="nearest")
+    return list(np.meshgrid(block_row, block_col, indexing="ij"))
+
+
+def _trend_at(blocks: np.ndarray, coordinates: list[np.ndarray]) -> np.ndarray:
+    """The block-median grid interpolated (bilinear between block centres) at a band's chips."""
+    return ndimage.map_coordinates(blocks, coordinates, order=1, mode="nearest")
 
 
 def _log_relative(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -218,25 +231,33 @@ def band_features(
     band = slice(rows.start, rows.start + band_rows)
     inspected = inspected_mask(chips_high) & inspected_mask(chips_low)
     intensity_high = chips_high["intensity_v"].astype(np.float64)
-    columns = [
-        _log_relative(intensity_high, _trend_at(trends.intensity_high, trends.block_chips, band, cols)),
-        _log_relative(chips_low["intensity_v"], _trend_at(trends.intensity_low, trends.block_chips, band, cols)),
-        _log_relative(ratio, _trend_at(trends.ratio, trends.block_chips, band, cols)),
-        np.clip(chips_high["neighbour_ratio"], 0.0, 10.0),
-        np.clip(chips_low["neighbour_ratio"], 0.0, 10.0),
-        np.clip(
-            np.divide(
-                chips_high["peak_v"],
-                np.maximum(intensity_high, LOG_FLOOR * trends.intensity_high.max()),
-            ),
+    # the three trends share their coordinates; SciPy interpolates without the GIL, so they run side by side
+    coordinates = _band_coordinates(trends.block_chips, band, cols)
+    grids = (trends.intensity_high, trends.intensity_low, trends.ratio)
+    with ThreadPoolExecutor(max_workers=len(grids)) as pool:
+        trend_high, trend_low, trend_ratio = pool.map(lambda blocks: _trend_at(blocks, coordinates), grids)
+    columns = (
+        lambda: _log_relative(intensity_high, trend_high),
+        lambda: _log_relative(chips_low["intensity_v"], trend_low),
+        lambda: _log_relative(ratio, trend_ratio),
+        lambda: np.clip(chips_high["neighbour_ratio"], 0.0, 10.0),
+        lambda: np.clip(chips_low["neighbour_ratio"], 0.0, 10.0),
+        lambda: np.clip(
+            np.divide(chips_high["peak_v"], np.maximum(intensity_high, LOG_FLOOR * trends.intensity_high.max())),
             0.0,
             1e3,
         ),
-        chips_high["street_v"] / trends.street_median_v,
-        chips_high["offset_col_um"].astype(np.float64) / chip_size_um[1],
-        chips_high["offset_row_um"].astype(np.float64) / chip_size_um[0],
-    ]
-    features = np.stack(columns, axis=-1).astype(np.float32)
+        lambda: chips_high["street_v"] / trends.street_median_v,
+        lambda: chips_high["offset_col_um"].astype(np.float64) / chip_size_um[1],
+        lambda: chips_high["offset_row_um"].astype(np.float64) / chip_size_um[0],
+    )
+    # each column cast straight into the float32 table (what stacking them in float64 and casting gave, without
+    # the float64 table: a float32 column goes through float64 unchanged, a float64 one rounds once either way)
+    features = np.empty((band_rows, cols, len(FEATURE_NAMES)), dtype=np.float32)
+    for index, column in enumerate(columns):
+        features[..., index] = column()
     features[~inspected] = np.nan
-    np.nan_to_num(features, copy=False, nan=np.nan, posinf=1e3, neginf=-1e3)
+    # np.nan_to_num(features, nan=np.nan, posinf=1e3, neginf=-1e3), without its slower isposinf/isneginf passes
+    np.copyto(features, np.float32(1e3), where=features == np.inf)
+    np.copyto(features, np.float32(-1e3), where=features == -np.inf)
     return features, inspected

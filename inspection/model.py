@@ -27,12 +27,14 @@ The drift check (:meth:`DefectModel.drift`) compares a wafer's feature distribut
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
 import time
 import uuid
+import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ from typing import Any
 import numpy as np
 import sklearn
 import skops.io as sio
+from cext.forest import forest_proba
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
@@ -58,9 +62,11 @@ __all__ = [
     "DefectModel",
     "DriftReport",
     "ModelFileError",
+    "PackedForest",
     "TrainSettings",
     "TrainingWafer",
     "load_model",
+    "pack_forest",
     "save_model",
     "train_model",
 ]
@@ -154,7 +160,232 @@ def _feature_quantiles(features: np.ndarray) -> dict[str, Any]:
 
 
 _PREDICT_BLOCK_ROWS = 262_144
-"""Chips per prediction block: bounds the forest's per-tree probability arrays (rows x classes, float64)."""
+"""Chips per prediction block: bounds the per-block probability arrays (rows x classes, float64)."""
+
+_PROBE_ROWS = 4096
+"""Rows of the load-time check that the compiled forest gives scikit-learn's probabilities (see
+:func:`_compiled_estimator`)."""
+
+
+@dataclass(frozen=True)
+class PackedForest:
+    """A fitted random forest as the arrays of :func:`cext.forest.forest_proba` (layout in that module)."""
+
+    root: np.ndarray  # (trees,) int32: each tree's first node
+    feature: np.ndarray  # (nodes,) int32: column a split tests
+    threshold: np.ndarray  # (nodes,) float32: scikit-learn's threshold rounded down to float32; +inf on leaves
+    left: np.ndarray  # (nodes,) int32: left child (the right one follows it); a leaf's is itself
+    missing_right: np.ndarray  # (nodes,) uint8: NaN goes right
+    leaf: np.ndarray  # (nodes,) int32: a leaf's row of ``values``
+    values: np.ndarray  # (leaves, classes) float64: the leaves' class fractions, as scikit-learn stores them
+    depth: int  # the deepest tree's depth: steps of every walk
+    n_features: int
+
+    def predict_proba(self, features: np.ndarray, *, threads: int = 1) -> np.ndarray:
+        """The forest's mean class probabilities, bit for bit those of scikit-learn's ``predict_proba``.
+
+        Parameters
+        ----------
+        features
+            (n, n_features) float32 (converted if not); NaN goes where each split sends missing values.
+        threads
+            OpenMP threads over rows; the result does not depend on it.
+
+        Examples
+        --------
+        >>> x = np.array([[0.0, 5.0], [1.0, 4.0], [2.0, 3.0], [3.0, 2.0]], dtype=np.float32)
+        >>> forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(x, [0, 0, 1, 1])
+        >>> bool(np.array_equal(pack_forest(forest).predict_proba(x), forest.predict_proba(x)))
+        True
+        """
+        rows = np.ascontiguousarray(features, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.n_features:
+            raise ValueError(f"features must be (n, {self.n_features}), got {rows.shape}")
+        out = np.empty((rows.shape[0], self.values.shape[1]), dtype=np.float64)
+        forest_proba(
+            rows,
+            self.root,
+            self.feature,
+            self.threshold,
+            self.left,
+            self.missing_right,
+            self.leaf,
+            self.values,
+            self.depth,
+            out,
+            threads,
+        )
+        return out
+
+
+def _floor_float32(values: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64 value (a float32 ``v`` has ``v <= t`` exactly when
+    ``v <= floor32(t)``, so comparing in float32 against it takes scikit-learn's float64 branch)."""
+    with np.errstate(over="ignore"):
+        rounded = values.astype(np.float32)  # to nearest; beyond float32's range: +-inf
+    above = rounded.astype(np.float64) > values
+    rounded[above] = np.nextafter(rounded[above], np.float32(-np.inf))
+    return rounded
+
+
+def pack_forest(forest: RandomForestClassifier) -> PackedForest | None:
+    """The compiled evaluator's arrays of a fitted forest, or None for a forest it does not take (several
+    outputs, or trees whose classes differ from the forest's)."""
+    trees = list(getattr(forest, "estimators_", []))
+    if not trees or getattr(forest, "n_outputs_", 0) != 1:
+        return None
+    classes = int(forest.n_classes_)
+    for tree in trees:
+        state = tree.tree_
+        if (
+            state.n_outputs != 1
+            or int(tree.n_classes_) != classes
+            or state.value.shape[2] < classes
+            or not hasattr(state, "missing_go_to_left")
+        ):
+            return None
+    root, feature, threshold, left, missing_right, leaf, values = [], [], [], [], [], [], []
+    nodes_before = leaves_before = depth = 0
+    for tree in trees:
+        state = tree.tree_
+        children_left, children_right = state.children_left, state.children_right
+        node_threshold = _floor_float32(np.asarray(state.threshold, dtype=np.float64))
+        # breadth first, each split's two children placed side by side
+        order = [0]
+        level = {0: 0}
+        child_place = np.zeros(state.node_count, dtype=np.int64)
+        for node in order:
+            if children_left[node] != -1:
+                child_place[node] = len(order)
+                for child in (int(children_left[node]), int(children_right[node])):
+                    level[child] = level[node] + 1
+                    order.append(child)
+        if len(order) != state.node_count:
+            return None  # nodes no walk reaches: not a tree this code understands
+        order_array = np.asarray(order)
+        is_leaf = children_left[order_array] == -1
+        depth = max(depth, *level.values())
+        root.append(nodes_before)
+        feature.append(np.where(is_leaf, 0, state.feature[order_array]))
+        threshold.append(np.where(is_leaf, np.float32(np.inf), node_threshold[order_array]))
+        left.append(nodes_before + np.where(is_leaf, np.arange(len(order)), child_place[order_array]))
+        missing_right.append(np.where(is_leaf, 0, state.missing_go_to_left[order_array] == 0))
+        leaf_rows = np.zeros(len(order), dtype=np.int64)
+        leaf_rows[is_leaf] = leaves_before + np.arange(int(is_leaf.sum()))
+        leaf.append(leaf_rows)
+        values.append(np.asarray(state.value[order_array[is_leaf], 0, :classes], dtype=np.float64))
+        nodes_before += len(order)
+        leaves_before += int(is_leaf.sum())
+    if nodes_before >= 2**31:
+        return None
+    return PackedForest(
+        root=np.asarray(root, dtype=np.int32),
+        feature=np.concatenate(feature).astype(np.int32),
+        threshold=np.concatenate(threshold).astype(np.float32),
+        left=np.concatenate(left).astype(np.int32),
+        missing_right=np.concatenate(missing_right).astype(np.uint8),
+        leaf=np.concatenate(leaf).astype(np.int32),
+        values=np.ascontiguousarray(np.concatenate(values)),
+        depth=depth,
+        n_features=int(forest.n_features_in_),
+    )
+
+
+class _CompiledForest(ClassifierMixin, BaseEstimator):
+    """Stands in for a fitted forest inside a copy of the calibrated classifier: its ``predict_proba`` is the
+    compiled evaluator's, everything around it (calibrators, normalisation, averaging) stays scikit-learn's own."""
+
+    def __init__(self, packed: PackedForest, classes: np.ndarray) -> None:
+        self.packed = packed
+        self.classes = classes
+        self.classes_ = classes
+        self.n_classes_ = len(classes)
+        self.n_features_in_ = packed.n_features
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        # one thread per call: DefectModel.predict runs blocks of rows on a thread pool, so one block's
+        # calibration (NumPy and SciPy) overlaps another's trees
+        return self.packed.predict_proba(features, threads=1)
+
+
+def _forest_of(calibrated: Any) -> RandomForestClassifier | None:
+    frozen = getattr(calibrated, "estimator", None)
+    forest = frozen.estimator if isinstance(frozen, FrozenEstimator) else frozen
+    return forest if isinstance(forest, RandomForestClassifier) else None
+
+
+def _probe_rows(packed: PackedForest, rng: np.random.Generator) -> np.ndarray:
+    """Rows whose every value sits on, just below or just above a split threshold of its column (or is NaN or the
+    missing value): the values where a comparison done differently would take the other branch."""
+    columns = []
+    for column in range(packed.n_features):
+        used = packed.threshold[(packed.feature == column) & (packed.threshold != np.inf)]
+        candidates = [
+            used,
+            np.nextafter(used, np.float32(np.inf)),
+            np.nextafter(used, np.float32(-np.inf)),
+            np.array([np.nan, _MISSING_VALUE, 0.0], dtype=np.float32),
+        ]
+        columns.append(rng.choice(np.concatenate(candidates).astype(np.float32), _PROBE_ROWS))
+    return np.ascontiguousarray(np.stack(columns, axis=1))
+
+
+def _compiled_estimator(estimator: CalibratedClassifierCV) -> CalibratedClassifierCV | None:
+    """A copy of a calibrated forest whose forests run in the compiled evaluator, or None when it cannot be made
+    or does not give scikit-learn's probabilities bit for bit on probe rows (then :meth:`DefectModel.predict`
+    keeps scikit-learn's path).
+
+    The copy shares the fitted calibrators; only each forest is replaced, so a scikit-learn whose calibration
+    differs is followed as it is. What the compiled forest reproduces (scikit-learn's float32-against-float64
+    comparisons, its NaN routing, its sum over trees in order) is checked here on rows built around every
+    threshold, and by the tests against ``estimator.predict_proba``.
+    """
+    calibrated_classifiers = getattr(estimator, "calibrated_classifiers_", None)
+    if not calibrated_classifiers:
+        return None
+    replaced = []
+    packed_of: dict[int, PackedForest | None] = {}
+    for calibrated in calibrated_classifiers:
+        forest = _forest_of(calibrated)
+        if forest is None:
+            return None
+        if id(forest) not in packed_of:
+            packed_of[id(forest)] = pack_forest(forest)
+        packed = packed_of[id(forest)]
+        if packed is None:
+            return None
+        stand_in = copy.copy(calibrated)
+        stand_in.estimator = _CompiledForest(packed, np.asarray(forest.classes_))
+        replaced.append(stand_in)
+    compiled = copy.copy(estimator)
+    compiled.calibrated_classifiers_ = replaced
+    rng = np.random.default_rng(0)
+    probe = np.nan_to_num(
+        np.concatenate([_probe_rows(packed, rng) for packed in packed_of.values() if packed is not None]),
+        nan=_MISSING_VALUE,
+    )
+    try:
+        # the forests themselves (calibration's flat steps would hide a small difference), then the whole model
+        same = all(
+            np.array_equal(packed.predict_proba(probe), _forest_of(calibrated).predict_proba(probe))
+            for calibrated, packed in zip(calibrated_classifiers, (c.estimator.packed for c in replaced), strict=True)
+        ) and np.array_equal(compiled.predict_proba(probe), estimator.predict_proba(probe))
+    except Exception as error:  # noqa: BLE001 - any failure of the stand-in means: use scikit-learn's own path
+        warnings.warn(
+            f"compiled forest unusable ({type(error).__name__}: {error}); using scikit-learn's path",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    if not same:
+        warnings.warn(
+            f"the compiled forest's probabilities differ from scikit-learn {sklearn.__version__}'s; "
+            "using scikit-learn's (slower) path",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return compiled
 
 
 class DefectModel:
@@ -168,10 +399,12 @@ class DefectModel:
         # chip's probability could differ in the last bits between runs. Each tree is walked on one thread instead,
         # and :meth:`predict` spreads blocks of chips over the cores (a chip's result depends only on its own row).
         for calibrated in estimator.calibrated_classifiers_:
-            frozen = calibrated.estimator
-            forest = frozen.estimator if isinstance(frozen, FrozenEstimator) else frozen
-            if isinstance(forest, RandomForestClassifier):
+            forest = _forest_of(calibrated)
+            if forest is not None:
                 forest.n_jobs = 1
+        # the same estimator with its forests in the compiled evaluator (cext/forest.pyx): the same probabilities
+        # bit for bit, about twice as fast; None for a shape it does not take (then scikit-learn's path)
+        self.compiled = _compiled_estimator(estimator)
 
     @property
     def threshold(self) -> float:
@@ -209,19 +442,31 @@ class DefectModel:
             raise ValueError(f"features must be (n, {len(FEATURE_NAMES)}), got {features.shape}")
         if features.shape[0] == 0:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.uint8)
-        features = np.nan_to_num(features, nan=_MISSING_VALUE)
-        blocks = range(0, features.shape[0], _PREDICT_BLOCK_ROWS)
-        with ThreadPoolExecutor(max_workers=min(len(blocks), os.cpu_count() or 1)) as pool:
-            # the trees are walked without the GIL, so threads over blocks of rows use every core
+        estimator = self.compiled if self.compiled is not None else self.estimator
+        starts = range(0, features.shape[0], _PREDICT_BLOCK_ROWS)
+        with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+            # the trees are walked without the GIL, so threads over blocks of rows use every core; every step is
+            # row by row, so each block is finished in its thread, on data still in cache
             parts = list(
                 pool.map(
-                    lambda start: self.estimator.predict_proba(features[start : start + _PREDICT_BLOCK_ROWS]), blocks
+                    lambda start: self._predict_block(estimator, features[start : start + _PREDICT_BLOCK_ROWS]),
+                    starts,
                 )
             )
-        probabilities = np.concatenate(parts)
+        return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
+
+    def _predict_block(self, estimator: CalibratedClassifierCV, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` of one block of rows (float32) with ``estimator`` (the compiled one or scikit-learn's)."""
+        # np.nan_to_num(features, nan=_MISSING_VALUE) (NaN to the missing value, +-inf to float32's extremes), in
+        # place on a copy: nan_to_num's own isposinf/isneginf passes took longer than the forest's walk
+        rows = np.array(features, dtype=np.float32)
+        np.copyto(rows, np.float32(_MISSING_VALUE), where=np.isnan(rows))
+        largest = np.finfo(np.float32).max
+        np.clip(rows, -largest, largest, out=rows)
+        probabilities = estimator.predict_proba(rows)
         classes = np.asarray(self.estimator.classes_)
         pass_column = np.flatnonzero(classes == ElFailMode.PASS)
-        p_pass = probabilities[:, pass_column[0]] if pass_column.size else np.zeros(features.shape[0])
+        p_pass = probabilities[:, pass_column[0]] if pass_column.size else np.zeros(rows.shape[0])
         p_fail = np.clip(1.0 - p_pass, 0.0, 1.0).astype(np.float32)
         fail_probabilities = probabilities.copy()
         if pass_column.size:
