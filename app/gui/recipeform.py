@@ -74,6 +74,19 @@ READ_ONLY_STYLE = "background: #eceff1; color: #37474f;"
 MESSAGE_STYLE = "color:#b3261e;"
 NOTE_STYLE = "color:#5f6368;"
 
+
+def report_label(object_name: str, *, monospace: bool = False) -> QLabel:
+    """A label for a block of generated text (a plan, a list of problems): wrapped, top-left, selectable to copy."""
+    label = QLabel("")
+    label.setObjectName(object_name)
+    if monospace:
+        label.setFont(QFont("monospace", 9))
+    label.setWordWrap(True)
+    label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+    label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
 CHECK_DELAY_MS = 200
 """Pause after the last key press before the recipe is checked (every key press would start a check)."""
 
@@ -559,19 +572,10 @@ class RecipeEditor(QDialog):
         scroll.setWidget(form)
         self.scroll = scroll
 
-        self.plan_text = QLabel("")
-        self.plan_text.setObjectName("recipeEditorPlan")
-        self.plan_text.setFont(QFont("monospace", 9))
-        self.plan_text.setWordWrap(True)
-        self.plan_text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self.plan_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.plan_text = report_label("recipeEditorPlan", monospace=True)
         plan_box = QGroupBox("Plan (nominal placement, before alignment)")
         QVBoxLayout(plan_box).addWidget(self.plan_text)
-        self.problems = QLabel("")
-        self.problems.setObjectName("recipeEditorProblems")
-        self.problems.setWordWrap(True)
-        self.problems.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self.problems.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.problems = report_label("recipeEditorProblems")
         problems_box = QGroupBox("Check")
         QVBoxLayout(problems_box).addWidget(self.problems)
         side = QWidget()

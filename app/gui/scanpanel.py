@@ -47,7 +47,7 @@ from app.gui.access import AccessController, denied_tip
 from app.gui.dialogs import FileKind, save_settings_file
 from app.gui.live import LiveMap
 from app.gui.mapview import WaferMapView
-from app.gui.recipeform import ERROR_STYLE, NOMINAL_ACCEL_UM_S2, READ_ONLY_STYLE, RecipeEditor
+from app.gui.recipeform import ERROR_STYLE, NOMINAL_ACCEL_UM_S2, READ_ONLY_STYLE, RecipeEditor, report_label
 from app.gui.station import StationController, progress_text
 from app.gui.tasks import TaskRunner
 from inspection.access import AuditAction, Permission, flat_changes
@@ -260,12 +260,7 @@ class ScanPanel(QWidget):
         identity.addRow(self.resume_box)
 
         # a label, not a text box: in the scrolling column it shows every line of the plan at its natural height
-        self.plan_text = QLabel("")
-        self.plan_text.setObjectName("planText")
-        self.plan_text.setFont(QFont("monospace", 9))
-        self.plan_text.setWordWrap(True)
-        self.plan_text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self.plan_text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.plan_text = report_label("planText", monospace=True)
         plan_box = QGroupBox("Plan (before alignment)")
         QVBoxLayout(plan_box).addWidget(self.plan_text)
 
