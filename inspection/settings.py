@@ -153,13 +153,14 @@ def _describe(field: dataclasses.Field[Any]) -> str:
     if meta.get("choices"):
         parts.append("one of " + ", ".join(repr(_plain(c)) for c in meta["choices"]))
     elif meta.get("minimum") is not None or meta.get("maximum") is not None:
-        parts.append(f"{_range_text(meta)}")
+        parts.append(f"{range_text(meta)}")
     if meta.get("doc"):
         parts.append(meta["doc"])
     return ": " + "; ".join(parts) if parts else ""
 
 
-def _range_text(meta: Mapping[str, Any]) -> str:
+def range_text(meta: Mapping[str, Any]) -> str:
+    """The allowed range of a :func:`setting`'s metadata as messages show it, e.g. ``[1, 5000] µm`` or ``> 0 s``."""
     low, high, unit = meta.get("minimum"), meta.get("maximum"), meta.get("unit", "")
     suffix = f" {unit}" if unit else ""
     if low is not None and high is not None:
@@ -216,8 +217,8 @@ def _convert(hint: Any, value: Any, dotted: str, field: dataclasses.Field[Any] |
         if not math.isfinite(number):
             problems.append(f"{dotted}: {value!r} is not finite")
             return _INVALID
-        if field is not None and not _in_range(number, field.metadata):
-            problems.append(f"{dotted}: {value!r} is outside the allowed range {_range_text(field.metadata)}")
+        if field is not None and not in_range(number, field.metadata):
+            problems.append(f"{dotted}: {value!r} is outside the allowed range {range_text(field.metadata)}")
             return _INVALID
         return _check_choices(number, dotted, field, problems)
     if hint is str:
@@ -228,7 +229,8 @@ def _convert(hint: Any, value: Any, dotted: str, field: dataclasses.Field[Any] |
     return value
 
 
-def _in_range(number: float, meta: Mapping[str, Any]) -> bool:
+def in_range(number: float, meta: Mapping[str, Any]) -> bool:
+    """Whether ``number`` lies in the range a :func:`setting`'s metadata allows (its minimum may be exclusive)."""
     low, high = meta.get("minimum"), meta.get("maximum")
     if low is not None and (number < low or (meta.get("exclusive_minimum") and number == low)):
         return False

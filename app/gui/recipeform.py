@@ -63,7 +63,7 @@ from app.gui.tasks import TaskRunner
 from inspection.access import Permission
 from inspection.plan import plan_scan
 from inspection.recipe import Recipe
-from inspection.settings import SettingsError, _range_text, from_mapping, load_toml
+from inspection.settings import SettingsError, from_mapping, load_toml, range_text
 from inspection.wafer import Placement
 
 NOMINAL_ACCEL_UM_S2 = 3e6
@@ -133,7 +133,7 @@ class FieldSpec:
         if self.meta.get("choices"):
             parts.append("one of " + ", ".join(_text(choice) for choice in self.meta["choices"]))
         elif self.meta.get("minimum") is not None or self.meta.get("maximum") is not None:
-            parts.append(_range_text(self.meta))
+            parts.append(range_text(self.meta))
         if self.default is not _ABSENT:
             parts.append(f"default {_text(self.default)}")
         else:
