@@ -831,6 +831,21 @@ def _wafer_task(
     analysed = 0.8 if options is not None else 1.0
     summary: AnalysisSummary | None = None
     tiles, analysed_utc = 0, ""
+
+    def outcome(**result: Any) -> WaferOutcome:
+        """The outcome as things stand now, with ``result`` (the classification, or the failure)."""
+        return WaferOutcome(
+            path,
+            summary,
+            tiles=tiles,
+            worker=worker,
+            seconds=time.perf_counter() - started,
+            started_utc=started_utc,
+            analysed_utc=analysed_utc,
+            finished_utc=utc_now(),
+            **result,
+        )
+
     try:
         send.send(0.0, f"started on {worker}", force=True)
         if tile_min_chips is not None and _usable_chips(path) >= tile_min_chips:
@@ -841,17 +856,7 @@ def _wafer_task(
         classification = None
         if options is not None:
             classification = ClassificationSummary.of(classify_scan(path, options, progress=send.part(analysed, 1.0)))
-        return WaferOutcome(
-            path,
-            summary,
-            classification,
-            tiles=tiles,
-            worker=worker,
-            seconds=time.perf_counter() - started,
-            started_utc=started_utc,
-            analysed_utc=analysed_utc,
-            finished_utc=utc_now(),
-        )
+        return outcome(classification=classification)
     except _Stopped as stopped:
         failure, message, details = FailureKind.STOPPED, str(stopped), ""
     except RegistrationError as error:
@@ -862,19 +867,7 @@ def _wafer_task(
         failure, message = FailureKind.INTERNAL, f"{type(error).__name__}: {error}"
         details = "".join(traceback.format_exception(error))
     stage = "analysis" if summary is None else "classification"
-    return WaferOutcome(
-        path,
-        summary,
-        failure=failure,
-        error=f"{stage}: {message}",
-        details=details,
-        tiles=tiles,
-        worker=worker,
-        seconds=time.perf_counter() - started,
-        started_utc=started_utc,
-        analysed_utc=analysed_utc,
-        finished_utc=utc_now(),
-    )
+    return outcome(failure=failure, error=f"{stage}: {message}", details=details)
 
 
 def _usable_chips(path: Path) -> int:
