@@ -15,8 +15,8 @@ documentation), not written one by one, so a field added to a settings class app
   (:func:`inspection.plan.plan_scan`: lines, samples, data volume, duration) is shown beside the form.
 * **Save** / **Save as…** write only a valid recipe, through :func:`app.gui.dialogs.save_settings_file`: checked
   again, the change audited field by field, then written atomically (a temporary file renamed over the target).
-  The file's comments and layout are kept: only the values changed are replaced in the text (checked by reading
-  the result back); a change the text cannot take in place (a multi-line value) writes the whole recipe instead.
+  The file's comments and layout are kept: only the values changed are replaced in the text, with tomlkit
+  (checked by reading the result back).
 * Only engineers edit (:data:`~inspection.access.Permission.EDIT_RECIPE`); an operator sees the same form
   read-only. **Edit as TOML…** opens the text editor (:class:`~app.gui.dialogs.SettingsEditor`) for the rare edit
   the form does not offer (comments, an unknown key to remove).
@@ -32,11 +32,14 @@ import math
 import re
 import tomllib
 import typing
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomlkit
+import tomlkit.exceptions
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
@@ -357,117 +360,53 @@ def problem_target(problem: str) -> tuple[str, str]:
     return (first, second) if second else (first, "")
 
 
-def patch_toml(text: str, before: dict[str, Any], after: dict[str, Any]) -> str | None:
-    """``text`` (a TOML file whose table is ``before``) with the values of ``after`` put in place, comments and
-    layout kept; None when that cannot be done line by line (a key removed, a multi-line value, a nested table),
-    or the result does not read back as ``after``.
+def patch_toml(text: str, after: dict[str, Any]) -> str | None:
+    """``text`` (a TOML file) with its values made those of ``after`` (keys ``after`` lacks removed), comments and
+    layout kept (tomlkit); None when ``text`` is not TOML or the result does not read back as ``after``.
 
     Examples
     --------
     >>> text = 'name = "a"  # the name\\n\\n[grid]\\npitch_um = 2.0  # µm\\n'
-    >>> print(patch_toml(text, {"name": "a", "grid": {"pitch_um": 2.0}}, {"name": "a", "grid": {"pitch_um": 3.5}}))
+    >>> print(patch_toml(text, {"name": "a", "grid": {"pitch_um": 3.5}}))
     name = "a"  # the name
     <BLANKLINE>
     [grid]
     pitch_um = 3.5  # µm
     <BLANKLINE>
     """
-    changes: dict[tuple[str, str], Any] = {}
-    for key in set(before) | set(after):
-        old, new = before.get(key, _ABSENT), after.get(key, _ABSENT)
-        if isinstance(old, dict) or isinstance(new, dict):
-            if not isinstance(new, dict) or (old is not _ABSENT and not isinstance(old, dict)):
-                return None
-            old = old if isinstance(old, dict) else {}
-            for name in set(old) | set(new):
-                if isinstance(old.get(name), dict) or isinstance(new.get(name), dict):
-                    return None
-                if old.get(name, _ABSENT) != new.get(name, _ABSENT):
-                    if name not in new:
-                        return None
-                    changes[(key, name)] = new[name]
-        elif old != new:
-            if new is _ABSENT:
-                return None
-            changes[("", key)] = new
-    lines = text.splitlines(keepends=True)
-    section = ""
-    last_line: dict[str, int] = {}  # the last key (or header) line of each section: where a new key goes
-    first_header = len(lines)
-    for number, line in enumerate(lines):
-        header = re.match(r"\s*\[([A-Za-z0-9_-]+)\]\s*(#.*)?$", line)
-        if header:
-            section = header.group(1)
-            first_header = min(first_header, number)
-            last_line[section] = number
-            continue
-        assignment = re.match(r"(\s*)([A-Za-z0-9_-]+)(\s*=\s*)(.*?)(\r?\n)?$", line)
-        if assignment is None:
-            continue
-        last_line[section] = number
-        key = (section, assignment.group(2))
-        if key not in changes:
-            continue
-        value_text, rest = _split_value(assignment.group(4))
-        if value_text is None:
-            return None  # a multi-line value: not patched line by line
-        new_value = _toml_value(changes.pop(key))
-        lines[number] = (
-            f"{assignment.group(1)}{assignment.group(2)}{assignment.group(3)}{new_value}{rest}"
-            f"{assignment.group(5) or ''}"
-        )
-    # keys the file did not have: after the last key of their section (a new section at the end)
-    insertions: dict[int, list[str]] = {}
-    appended: dict[str, list[str]] = {}
-    for (section, name), value in sorted(changes.items()):
-        line = f"{name} = {_toml_value(value)}\n"
-        if section == "" and first_header < len(lines):
-            insertions.setdefault(first_header - 1, []).append(line)
-        elif section in last_line:
-            insertions.setdefault(last_line[section], []).append(line)
-        else:
-            appended.setdefault(section, []).append(line)
-    out: list[str] = []
-    for number in range(-1, len(lines)):
-        if number >= 0:
-            out.append(lines[number])
-            if not out[-1].endswith("\n") and number in insertions:
-                out[-1] += "\n"
-        out.extend(insertions.get(number, []))
-    for section, added in appended.items():
-        if out and not out[-1].endswith("\n"):
-            out[-1] += "\n"
-        out.append(f"\n[{section}]\n" if section else "")
-        out.extend(added)
-    patched = "".join(out)
+    try:
+        document = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError:
+        return None
+    _update_table(document, after)
+    patched = tomlkit.dumps(document)
     try:
         return patched if tomllib.loads(patched) == after else None
     except tomllib.TOMLDecodeError:
         return None
 
 
-def _split_value(rest: str) -> tuple[str | None, str]:
-    """The value and what follows it (spaces, a comment) on an assignment's line; (None, "") if no prefix of the line
-    is a complete TOML value (a multi-line array or string)."""
-    cuts = [match.start() for match in re.finditer("#", rest)] + [len(rest)]
-    for cut in cuts:
-        candidate = rest[:cut].rstrip()
-        try:
-            tomllib.loads(f"v = {candidate}")
-        except tomllib.TOMLDecodeError:
-            continue
-        return candidate, rest[len(candidate) :]
-    return None, ""
+def _update_table(table: MutableMapping[str, Any], values: dict[str, Any]) -> None:
+    """Make a tomlkit table hold ``values``, touching only what differs (an unchanged value keeps its text)."""
+    for key in [key for key in table if key not in values]:
+        del table[key]
+    for key, value in values.items():
+        current = table.get(key)
+        if isinstance(value, dict) and isinstance(current, MutableMapping):
+            _update_table(current, value)
+        elif current is None or _plain(current) != value:
+            table[key] = value
 
 
-def _toml_value(value: Any) -> str:
-    return tomli_w.dumps({"v": value}).strip()[len("v = ") :]
+def _plain(item: Any) -> Any:
+    """A tomlkit item as plain Python values (what tomllib would read)."""
+    return item.unwrap() if hasattr(item, "unwrap") else item
 
 
-def recipe_text(original_text: str, before: dict[str, Any], after: dict[str, Any]) -> str:
+def recipe_text(original_text: str, after: dict[str, Any]) -> str:
     """The text to write for recipe table ``after``: the original text with the changed values put in place
     (:func:`patch_toml`), else the whole table as TOML."""
-    patched = patch_toml(original_text, before, after) if original_text else None
+    patched = patch_toml(original_text, after) if original_text else None
     return patched if patched is not None else RECIPE_HEADER + tomli_w.dumps(after)
 
 
@@ -823,7 +762,7 @@ class RecipeEditor(QDialog):
                 self.access.failed.emit("The recipe has problems", text)
             return False
         data = self.edited_data()
-        text = recipe_text(self.file_text, self.file_data, data)
+        text = recipe_text(self.file_text, data)
         if target == self.path:
             previous: str | None = self.file_text
         else:
@@ -850,7 +789,7 @@ class RecipeEditor(QDialog):
         saved there."""
         if not self.access.require(Permission.EDIT_RECIPE):
             return
-        text = recipe_text(self.file_text, self.file_data, self.edited_data()) if self.is_edited() else None
+        text = recipe_text(self.file_text, self.edited_data()) if self.is_edited() else None
         editor = SettingsEditor(FileKind.RECIPE, self.path, self.access, self, text=text)
         self.toml_editor = editor
         editor.exec()

@@ -213,25 +213,30 @@ def test_problems_name_their_field() -> None:
     assert problem_target("not valid TOML: Invalid value") == ("", "")
 
 
-def test_patching_keeps_comments_and_falls_back_when_it_cannot() -> None:
+def test_patching_keeps_comments_and_layout() -> None:
     text = DEMO_RECIPE.read_text()
     before = tomllib.loads(text)
     after = {**before, "focus": {**before["focus"], "max_z_um": 4000.0}, "extra": {"a": 1}}
-    patched = patch_toml(text, before, after)
+    patched = patch_toml(text, after)
     assert patched is not None and tomllib.loads(patched) == after
     assert "max_z_um = 4000.0  # below the probe contact height" in patched
     assert patched.count("\n#") == text.count("\n#")  # every comment line kept
-    assert patched.endswith("\n[extra]\na = 1\n")
-    # a multi-line value cannot be patched line by line: the caller writes the whole table instead
-    multi = 'name = "x"\n[excitation]\npowers_w = [\n  0.001,\n  0.02,\n]\n'
+    assert patched.endswith("[extra]\na = 1\n")
+    # only the changed lines differ
+    changed = [pair for pair in zip(text.splitlines(), patched.splitlines(), strict=False) if pair[0] != pair[1]]
+    assert [old.split("=")[0].strip() for old, _ in changed] == ["max_z_um"]
+    # a multi-line value keeps the comment after it; a removed key goes, the rest stays as written
+    multi = 'name = "x"  # the name\n[excitation]\npowers_w = [\n  0.001,\n  0.02,\n]  # W\nsettle_s = 0.2\n'
     data = tomllib.loads(multi)
-    changed = {**data, "excitation": {"powers_w": [0.002, 0.02]}}
-    assert patch_toml(multi, data, changed) is None
-    # a removed key too
-    assert patch_toml(multi, data, {"excitation": data["excitation"]}) is None
+    changed_powers = {**data, "excitation": {**data["excitation"], "powers_w": [0.002, 0.02]}}
+    patched = patch_toml(multi, changed_powers)
+    assert patched is not None and tomllib.loads(patched) == changed_powers and "]  # W" in patched
+    without = patch_toml(multi, {"name": "x", "excitation": {"powers_w": [0.001, 0.02]}})
+    assert without == 'name = "x"  # the name\n[excitation]\npowers_w = [\n  0.001,\n  0.02,\n]  # W\n'
     # a '#' inside a string is no comment
     quoted = 'name = "a # b"  # the name\n'
-    assert patch_toml(quoted, {"name": "a # b"}, {"name": "c"}) == 'name = "c"  # the name\n'
+    assert patch_toml(quoted, {"name": "c"}) == 'name = "c"  # the name\n'
+    assert patch_toml("not = = toml", {"name": "c"}) is None
 
 
 def test_a_closed_form_is_left_alone_by_its_running_check_and_the_session(qtbot, window, recipe_file) -> None:
