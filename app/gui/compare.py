@@ -57,7 +57,9 @@ class MapPane:
 
     def show(self, source: Any, document: ScanDocument, shown: Any = None) -> None:
         """Read ``source``'s overview in the background and show it; ``shown()`` afterwards."""
-        self.source, self.document = source, document
+        # ``image`` is the shown source's overview: the last source's stays painted until this one is read, but is not
+        # this source's image (a reader of ``image`` waits for the new one)
+        self.source, self.document, self.image = source, document, None
 
         def work(progress, cancel):
             if isinstance(source, Side):
