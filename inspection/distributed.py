@@ -105,7 +105,7 @@ from inspection.pipeline import (
     _PassPlan,
     analyze_scan,
     create_results_datasets,
-    results_attributes,
+    publish_results,
     write_pass_bands,
 )
 from inspection.recipe import Recipe, recipe_from_text
@@ -1073,11 +1073,7 @@ def _analyze_tiled(
         file = scan.h5file
         group = file["results_partial"]
         _Analysis(scan, recipe, placement, settings, group=group, report=_quiet).write_spectra(spectra)
-        group.attrs.update(results_attributes(settings, placement, summaries, scan.powers_w[: len(summaries)]))
-        if "results" in file:
-            del file["results"]
-        file.move("results_partial", "results")
-        file.flush()
+        publish_results(file, settings, placement, summaries, scan.powers_w)
     report(1.0, "analysis complete")
     return AnalysisSummary(path, tuple(summaries), len(spectra), time.perf_counter() - started), total
 

@@ -562,13 +562,26 @@ def analyze_scan(
         analysis = _Analysis(scan, recipe, placement, settings, group=group, report=report)
         summaries = analysis.run()
         analysis.write_spectra(spectra)
-        group.attrs.update(results_attributes(settings, placement, summaries, scan.powers_w[: len(summaries)]))
-        if "results" in file:
-            del file["results"]
-        file.move("results_partial", "results")
-        file.flush()
+        publish_results(file, settings, placement, summaries, scan.powers_w)
     report(1.0, "analysis complete")
     return AnalysisSummary(path, tuple(summaries), len(spectra), time.perf_counter() - started)
+
+
+def publish_results(
+    file: h5py.File,
+    settings: AnalysisSettings,
+    placement: Placement,
+    summaries: Sequence[PassSummary],
+    powers_w: Sequence[float],
+) -> None:
+    """Finish the complete ``/results_partial`` group (its attributes) and put it in place of ``/results``: a reader
+    sees the earlier results or the new ones, never a half-written group."""
+    group = file["results_partial"]
+    group.attrs.update(results_attributes(settings, placement, summaries, powers_w[: len(summaries)]))
+    if "results" in file:
+        del file["results"]
+    file.move("results_partial", "results")
+    file.flush()
 
 
 T = TypeVar("T")
