@@ -76,7 +76,15 @@ def test_station_scan_and_live_map(qtbot, window, tmp_path: Path, station_home: 
     with ScanFile(path) as stored:
         complete = [stored.lines_complete(index) for index in range(stored.pass_count)]
         assert stored.lot_id == "L7" and stored.wafer_id == "W3"
-    qtbot.waitUntil(lambda: scan.live is not None and scan.live.lines_read == complete, timeout=10_000)
+    # the live map is read in a worker and painted when it returns: wait for the paint, not only the read
+    qtbot.waitUntil(
+        lambda: (
+            scan.live is not None
+            and scan.live.lines_read == complete
+            and f"{complete[-1]:,} lines read" in scan.live_label.text()
+        ),
+        timeout=10_000,
+    )
     live = scan.live
     usable = live.layout.usable_mask()
     lit = np.isfinite(live.images[-1]) & usable
