@@ -37,14 +37,14 @@ and the reference's definition hold it to. Every other chunk (a saturated or non
 exact test, the last few samples of the caller's array, a CPU without AVX2 or FMA) takes the slow path: one chip at
 a time, sample by sample, each sample tested for saturation.
 
-Threads. The band is cut into blocks of 32 rows × 512 columns of chips, and the blocks into 8 classes (block row +
-block column, modulo 8); each class is a task, and a task walks every line but sums only the chips of its blocks, in
+Threads. The band is cut into blocks of 32 rows × 1,024 columns of chips, and the blocks into 12 classes (block row
++ block column, modulo 12); each class is a task, and a task walks every line but sums only the chips of its blocks, in
 line order, straight into the caller's array. A chip is only ever written by one task, always in the same order: the
 result is bit-identical from run to run and for any number of threads, and needs no scratch copy of the band and no
-merge. Make ``acc`` with :func:`accumulators`: its fields do not share cache sets. (The fast and the slow path add
-in different orders: without AVX2 the counts and maxima are the same, the sums equal to rounding.) On a machine
-shared with other busy processes, run with ``OMP_WAIT_POLICY=passive``: by default a thread out of work spins, and
-takes CPU from the one still working.
+merge. Make ``acc`` with :func:`accumulators`: its fields do not share cache sets, and start on a cache line. (The
+fast and the slow path add in different orders: without AVX2 the counts and maxima are the same, the sums equal to
+rounding.) On a machine shared with other busy processes, run with ``OMP_WAIT_POLICY=passive``: by default a thread
+out of work spins, and takes CPU from the one still working.
 """
 
 from cython.parallel cimport parallel, prange
@@ -89,12 +89,16 @@ FIELD_COUNT = _FIELD_COUNT
 # -- geometry along one axis ------------------------------------------------------------------------------------
 
 cdef enum:
-    # blocks of 32 rows × 512 columns of chips: a raster line stays in a block for thousands of samples (the
-    # hardware prefetcher needs long runs of consecutive samples to keep up: 512 columns measured 7 % faster than
-    # 256 with the fast path, and the block's part of acc stays in cache for the next lines) ...
-    _COL_BLOCK_SHIFT = 9
+    # blocks of 32 rows × 1,024 columns of chips: a raster line stays in a block for thousands of samples (each
+    # stretch of a line in a block costs its set-up and a start the hardware prefetcher has not seen coming: 512
+    # columns measured 7 % faster than 256, and 1,024 another 4-6 % faster than 512 in CPU time; the block's part
+    # of acc stays in cache for the next lines) ...
+    _COL_BLOCK_SHIFT = 10
     _ROW_BLOCK_SHIFT = 5
-    _CLASSES = 8  # ... in 8 classes: more tasks than threads, so a thread slowed by another process is made up for
+    # ... in 12 classes: more tasks than threads, so a thread slowed by another process is made up for, and on the
+    # benchmark's bands (16 × 10,000 chips: 10 blocks) each task one block, so that the two threads end together
+    # (with 8 classes, tasks of one and two blocks: 1,024 columns were then no faster than 512 in wall time)
+    _CLASSES = 12
     # pauses (~0.25 ms here) the calling thread spins for the other thread's last task before it sleeps at the
     # region's end (see accumulate_lines)
     _AWAIT_SPINS = 4000
@@ -486,27 +490,40 @@ cdef extern from *:
         return all;
     }
 
+    /* samples x[0, 4) as doubles, those whose lane index is not below `end` as 0 */
+    PLM_AVX2 __m256d plm_load_below(const float *x, __m256d index, __m256d end) {
+        return _mm256_and_pd(_mm256_cmp_pd(index, end, _CMP_LT_OQ), _mm256_cvtps_pd(_mm_loadu_ps(x)));
+    }
+
     /* x[0, length) summed in four lanes of doubles (lane l: x[l] + x[l + 4] + ..., in that order), ready for
-       plm_sum4. Reads up to 3 samples past the end (masked out, whatever they hold). */
-    PLM_AVX2 __m256d plm_run_sum(const float *x, double length) {
+       plm_sum4, and the lanes' maxima over those samples (and 0) taken into *high, for the saturation test (see
+       plm_sum_chunk). Reads up to 3 samples past the end (masked out, whatever they hold). */
+    PLM_AVX2 __m256d plm_run_sum(const float *x, double length, __m256d *high) {
         const __m256d end = _mm256_set1_pd(length), four = _mm256_set1_pd(4.0);
         const __m256d index0 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), index1 = _mm256_set_pd(7.0, 6.0, 5.0, 4.0);
         const __m256d index2 = _mm256_set_pd(11.0, 10.0, 9.0, 8.0);
         /* up to 12 samples in straight code (a cell crossed along its street, a street run); the same sums */
-        if (length <= 4.0)
-            return _mm256_and_pd(_mm256_cmp_pd(index0, end, _CMP_LT_OQ), _mm256_cvtps_pd(_mm_loadu_ps(x)));
-        if (length <= 8.0)
-            return _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(x)),
-                                 _mm256_and_pd(_mm256_cmp_pd(index1, end, _CMP_LT_OQ),
-                                               _mm256_cvtps_pd(_mm_loadu_ps(x + 4))));
-        if (length <= 12.0)
-            return _mm256_add_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(x)), _mm256_cvtps_pd(_mm_loadu_ps(x + 4))),
-                                 _mm256_and_pd(_mm256_cmp_pd(index2, end, _CMP_LT_OQ),
-                                               _mm256_cvtps_pd(_mm_loadu_ps(x + 8))));
+        if (length <= 4.0) {
+            const __m256d x0 = plm_load_below(x, index0, end);
+            *high = _mm256_max_pd(*high, x0);
+            return x0;
+        }
+        if (length <= 8.0) {
+            const __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(x)), x1 = plm_load_below(x + 4, index1, end);
+            *high = _mm256_max_pd(*high, _mm256_max_pd(x0, x1));
+            return _mm256_add_pd(x0, x1);
+        }
+        if (length <= 12.0) {
+            const __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(x)), x1 = _mm256_cvtps_pd(_mm_loadu_ps(x + 4));
+            const __m256d x2 = plm_load_below(x + 8, index2, end);
+            *high = _mm256_max_pd(*high, _mm256_max_pd(_mm256_max_pd(x0, x1), x2));
+            return _mm256_add_pd(_mm256_add_pd(x0, x1), x2);
+        }
         __m256d total = _mm256_setzero_pd(), index = index0;
         for (long long j = 0; j < (long long)length; j += 4) {
-            __m256d value = _mm256_cvtps_pd(_mm_loadu_ps(x + j));
-            total = _mm256_add_pd(total, _mm256_and_pd(_mm256_cmp_pd(index, end, _CMP_LT_OQ), value));
+            __m256d value = plm_load_below(x + j, index, end);
+            total = _mm256_add_pd(total, value);
+            *high = _mm256_max_pd(*high, value);
             index = _mm256_add_pd(index, four);
         }
         return total;
@@ -760,17 +777,29 @@ cdef extern from *:
         const int contiguous = run->inner_stride == 1; /* four cells' fields are four neighbouring doubles */
         if (level == 0) {
             /* a line along a street: street sums only */
-            if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)) ||
-                !plm_all_plain(run->values + k, last - k, run->below))
+            if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)))
                 return 0;
             double *const n_street = chip0 + PLM_N_STREET * fs, *const sum_street = chip0 + PLM_SUM_STREET * fs;
+            const __m256d below = _mm256_set1_pd((double)run->below), cells_done = _mm256_set1_pd((double)m);
             for (i = 0; i < m; i += 4) {
                 plm_prefetch(run, (long long)bound[i], (long long)bound[i + 4], ahead);
                 /* (cells past the last are empty: bound is bound[m] from there) */
-                __m256d street = plm_sum4(plm_run_sum(values + (long long)bound[i], bound[i + 1] - bound[i]),
-                                          plm_run_sum(values + (long long)bound[i + 1], bound[i + 2] - bound[i + 1]),
-                                          plm_run_sum(values + (long long)bound[i + 2], bound[i + 3] - bound[i + 2]),
-                                          plm_run_sum(values + (long long)bound[i + 3], bound[i + 4] - bound[i + 3]));
+                __m256d high = zero;
+                __m256d street = plm_sum4(
+                    plm_run_sum(values + (long long)bound[i], bound[i + 1] - bound[i], &high),
+                    plm_run_sum(values + (long long)bound[i + 1], bound[i + 2] - bound[i + 1], &high),
+                    plm_run_sum(values + (long long)bound[i + 2], bound[i + 3] - bound[i + 2], &high),
+                    plm_run_sum(values + (long long)bound[i + 3], bound[i + 4] - bound[i + 3], &high));
+                /* saturation as for short cells below: a sample at or above the level shows in `high`, a NaN or
+                   infinite one makes its cell's sum not finite; four cells with one go the slow way, with the rest */
+                __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
+                __m256d odd = _mm256_and_pd(real, _mm256_cmp_pd(_mm256_sub_pd(street, street), zero, _CMP_NEQ_UQ));
+                if (_mm256_movemask_pd(_mm256_or_pd(odd, _mm256_cmp_pd(high, below, _CMP_GE_OQ)))) {
+                    if (i == 0)
+                        return 0;
+                    *next = (long long)bound[i];
+                    return i;
+                }
                 __m256d count = _mm256_sub_pd(_mm256_loadu_pd(bound + i + 1), _mm256_load_pd(bound + i));
                 if (contiguous && i + 4 <= m) {
                     long long at = i;
@@ -910,8 +939,9 @@ cdef extern from *:
             const __m256d count = _mm256_set1_pd(n), core_from = _mm256_set1_pd(c0[i] - a);
             const __m256d core_to = _mm256_set1_pd(c1[i] - a);
             __m256d foot = zero, core = zero, moment = zero, top = neg;
-            __m256d street = _mm256_add_pd(plm_run_sum(values + (long long)s, a - s),
-                                           plm_run_sum(values + (long long)b, e - b));
+            __m256d unused = zero; /* (the chunk's samples were tested above) */
+            __m256d street = _mm256_add_pd(plm_run_sum(values + (long long)s, a - s, &unused),
+                                           plm_run_sum(values + (long long)b, e - b, &unused));
             __m256d index = lanes;
             for (long long j = 0; j < (long long)n; j += 4) {
                 __m256d value = _mm256_cvtps_pd(_mm_loadu_ps(x + j));
@@ -1042,8 +1072,10 @@ ctypedef struct _Line:
     bint inner_is_col
     const float *values  # the line's samples
     int64_t readable  # samples that may be read from values on (to the end of the caller's array)
-    int64_t *fast_chunks  # the task's count of chunks summed by the fast path
-    int64_t *short_chunks  # the task's count of those of short cells
+    # the task's counts of chunks summed by the fast path and, of those, of short cells: on the task's own stack
+    # until it ends (counted in the job's arrays, whose cache line the two threads share, every count moved that
+    # line between the cores)
+    int64_t *chunks
 
 
 cdef inline void _axes(const _Job *job, int64_t j, _Line *line) noexcept nogil:
@@ -1203,8 +1235,8 @@ cdef void _sum_cells(const _Job *job, const _Line *line, int64_t outer_cell, int
             short_cells = 0
             done = plm_sum_chunk(&run, c, k, stop, cells, &after, &short_cells)
             if done:
-                line.fast_chunks[0] += 1
-                line.short_chunks[0] += short_cells
+                line.chunks[0] += 1
+                line.chunks[1] += short_cells
                 k = after
                 c += step * done
                 continue
@@ -1277,8 +1309,9 @@ cdef void _walk(const _Job *job, int64_t task) noexcept nogil:
     level[0] = level[4] = 0
     level[1] = level[3] = 1
     level[2] = 2
-    line.fast_chunks = &job.fast_chunks[task]
-    line.short_chunks = &job.short_chunks[task]
+    cdef int64_t chunks[2]
+    chunks[0] = chunks[1] = 0
+    line.chunks = chunks
     for j in range(job.lines):
         k = job.in_band[2 * j]
         stop = job.in_band[2 * j + 1]
@@ -1295,6 +1328,8 @@ cdef void _walk(const _Job *job, int64_t task) noexcept nogil:
                     _sum_blocks(job, &line, r, level[z], run_start, run_stop, task)
                     run_start = run_stop
             k = crossing[4]
+    job.fast_chunks[task] = chunks[0]
+    job.short_chunks[task] = chunks[1]
 
 
 def accumulate_lines(
@@ -1440,6 +1475,8 @@ def accumulate_lines(
 
 # accumulators: a field is this many doubles past a multiple of 4 KiB from the one before (see accumulators())
 _FIELD_PAD = 40
+# ... and the first field starts on a cache line (64 bytes: this many doubles)
+_LINE_DOUBLES = 8
 
 
 def accumulators(int64_t rows, int64_t cols) -> np.ndarray:
@@ -1450,8 +1487,11 @@ def accumulators(int64_t rows, int64_t cols) -> np.ndarray:
     L1 cache (whose sets repeat every 4 KiB) and a load from one field is never taken for a reload of a store to
     another (the processor compares the low 12 address bits first). The kernel updates the fields of four chips
     side by side; with fields 4 KiB apart it measured 28 % slower on the benchmark's band (16 × 10,000 chips),
-    and with this layout 5 % faster than with the plain C-contiguous array. Any (FIELD_COUNT, rows, cols) array
-    with contiguous columns works too.
+    and with this layout 5 % faster than with the plain C-contiguous array. The first field starts on a cache line
+    (NumPy's large buffers start 16 bytes past a page: every other 32-byte load and store of four chips' fields
+    then straddled two cache lines): 3 % faster on the benchmark (0.094 → 0.091 s; its rows of 10,000 chips are
+    whole lines, so every row starts on one too). Any (FIELD_COUNT, rows, cols) array with contiguous columns
+    works too.
 
     Parameters
     ----------
@@ -1468,8 +1508,12 @@ def accumulators(int64_t rows, int64_t cols) -> np.ndarray:
     cdef int64_t chips = rows * cols
     # the field stride: a whole number of 4 KiB pages (512 doubles) plus the pad
     cdef int64_t field = (chips + 511) // 512 * 512 + _FIELD_PAD
-    buffer = np.zeros(_FIELD_COUNT * field)
-    acc = buffer.reshape(_FIELD_COUNT, field)[:, :chips].reshape(_FIELD_COUNT, rows, cols)
+    buffer = np.zeros(_FIELD_COUNT * field + _LINE_DOUBLES)
+    # the first double on a cache line: NumPy aligns a buffer to 16 bytes only (all non-negative: C's % here)
+    cdef int64_t line = _LINE_DOUBLES * sizeof(double), address = buffer.ctypes.data
+    cdef int64_t start = (line - address % line) % line // sizeof(double)
+    fields = buffer[start : start + _FIELD_COUNT * field].reshape(_FIELD_COUNT, field)
+    acc = fields[:, :chips].reshape(_FIELD_COUNT, rows, cols)
     acc[_MAX_FOOT] = -np.inf
     return acc
 

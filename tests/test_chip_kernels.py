@@ -321,6 +321,7 @@ def test_accumulators_layout(rng: np.random.Generator) -> None:
     acc = kernels.accumulators(7, 300)
     assert acc.shape == (kernels.FIELD_COUNT, 7, 300) and acc.dtype == np.float64
     assert acc.strides[1:] == (300 * 8, 8) and acc.strides[0] % 4096 == 320  # fields in distinct cache sets
+    assert acc.ctypes.data % 64 == 0  # and on a cache line
     assert np.all(acc[kernels.MAX_FOOT] == -np.inf)
     assert not np.delete(acc, kernels.MAX_FOOT, axis=0).any()
     # the same sums as in a C-contiguous array, bit for bit
@@ -372,9 +373,9 @@ def test_many_lines_on_the_same_chips(rng: np.random.Generator) -> None:
 
 
 def test_blocks_of_the_tasks_cover_the_band(rng: np.random.Generator) -> None:
-    # a band wider and taller than several blocks (512 columns × 32 rows), lines in all directions across it
-    lines = random_lines(rng, 40, (100, 1100), rng.uniform(0, 360, 100), steps=(0.3, 0.5), max_samples=4000)
-    check(lines, (100, 1100), first_col=-5, first_row=-3)
+    # a band wider and taller than several blocks (1,024 columns × 32 rows), lines in all directions across it
+    lines = random_lines(rng, 40, (100, 2200), rng.uniform(0, 360, 100), steps=(0.3, 0.5), max_samples=6000)
+    check(lines, (100, 2200), first_col=-5, first_row=-3)
 
 
 def test_deterministic(rng: np.random.Generator) -> None:
