@@ -152,7 +152,10 @@ def shoot_review(shots: Shots, application: QApplication, window: MainWindow, wo
     shots.save("gui-compare-pl-el", window)
     compare = window.compare
     compare.side_by_side.setChecked(True)
-    wait(application, lambda: compare.pane_b.image is not None and compare.counts is not None)
+    wait(
+        application,
+        lambda: compare.pane_a.image is not None and compare.pane_b.image is not None and compare.counts is not None,
+    )
     edge = np.argwhere(compare.pane_a.image == 1)
     row, col = (int(v) for v in edge[len(edge) // 3])
     compare.map_a.centre_on(col, row, chips_across=90)

@@ -89,7 +89,11 @@ def test_two_measurements_side_by_side_and_as_a_difference(qtbot, window, review
     assert rect_b.center().y() == pytest.approx(rect_a.center().y(), abs=1.0)
     assert rect_b.height() == pytest.approx(rect_a.height(), rel=1e-3)
     compare.difference.setChecked(True)
-    qtbot.waitUntil(lambda: compare.counts is not None and "chips" in compare.counts, timeout=20_000)
+    # the difference map and its counts are read by two tasks: wait for both, not only the counts
+    qtbot.waitUntil(
+        lambda: compare.counts is not None and "chips" in compare.counts and compare.pane_a.image is not None,
+        timeout=20_000,
+    )
     np.testing.assert_allclose(compare.pane_a.image, high - low, equal_nan=True)
     both = np.isfinite(high) & np.isfinite(low)
     assert compare.counts["chips"] == int(both.sum())

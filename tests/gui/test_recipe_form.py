@@ -250,7 +250,8 @@ def test_a_closed_form_is_left_alone_by_its_running_check_and_the_session(qtbot,
     form.done(0)  # closed without the question (the Close button asks first: there is an unsaved change)
     qtbot.waitUntil(lambda: not shiboken6.isValid(form), timeout=10_000)
     assert window.runner.wait(10_000)
-    qtbot.wait(50)  # the check's outcome is delivered: it must not touch the deleted widgets
+    # the check's outcome is delivered (GUI thread, after the worker ended): it must not touch the deleted widgets
+    qtbot.waitUntil(lambda: not window.runner.running("Checking the recipe"), timeout=10_000)
     assert len(window.access._gated) < gated
     window.access.logout()  # nor may the session change reach the deleted form
     assert window.access.session.role is Role.OPERATOR
