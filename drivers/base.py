@@ -289,7 +289,11 @@ class Instrument:
 
     def query_parsed(self, command: str, parse: Callable[[str], Any]) -> Any:
         """Send a query and parse its reply; a reply ``parse`` rejects is an :class:`InstrumentReplyError`."""
-        reply = self.query(command)
+        return self.parse_reply(command, self.query(command), parse)
+
+    def parse_reply(self, command: str, reply: str, parse: Callable[[str], Any]) -> Any:
+        """``parse(reply)`` for a reply already read; one ``parse`` rejects is an :class:`InstrumentReplyError`
+        naming ``command``."""
         try:
             return parse(reply)
         except (ValueError, TypeError, IndexError) as error:

@@ -378,13 +378,6 @@ class ZaberXMCC(Instrument, Stage):
     def _query_ints(self, command: str, count: int) -> list[int]:
         return self.query_parsed(command, lambda data: _parse_ints(data, count))
 
-    def _ints(self, command: str, data: str, count: int) -> list[int]:
-        """At least ``count`` integers from the data of a checked reply to ``command`` (as :meth:`_query_ints`)."""
-        try:
-            return _parse_ints(data, count)
-        except ValueError as error:
-            raise InstrumentReplyError(self.name, f"unexpected reply: {error}", command=command, reply=data) from None
-
     # -- conversions ----------------------------------------------------------------------------------------
     def _steps(self, axis: Axis, distance_um: float) -> int:
         return round(distance_um / self.microstep_um[axis])
@@ -501,7 +494,7 @@ class ZaberXMCC(Instrument, Stage):
         timeout = strict_range(0, math.inf, unit="s")("timeout_s", timeout_s)
         command = self._command("get pos")
         reply = self._poll_until_idle(command, None, timeout)
-        values = self._ints(command, reply.data, len(AXIS_NUMBERS))
+        values = self.parse_reply(command, reply.data, lambda data: _parse_ints(data, len(AXIS_NUMBERS)))
         return {axis: self._um(axis, values[number - 1]) for axis, number in AXIS_NUMBERS.items()}
 
     def _wait_idle(self, axis: Axis | None, timeout_s: float) -> None:
