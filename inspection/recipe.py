@@ -58,7 +58,7 @@ import tomli_w
 from drivers.keithley_dmm6500 import MAX_SAMPLE_COUNT, MAX_SAMPLE_RATE_HZ, MIN_SAMPLE_RATE_HZ
 from drivers.yokogawa import MAX_POINTS, MAX_WAVELENGTH_NM, MIN_POINTS, MIN_WAVELENGTH_NM, RESOLUTIONS_NM
 from inspection.scanfile import ScanFile
-from inspection.settings import SettingsError, from_mapping, in_range, load_toml, range_text, setting, to_mapping
+from inspection.settings import SettingsError, from_mapping, load_toml, range_problem, setting, to_mapping
 from inspection.wafer import ROTATION_LIMIT_DEG, SUBSTRATE_DIAMETERS_MM, ChipGrid, Substrate, WaferLayout
 
 __all__ = [
@@ -128,9 +128,9 @@ def _declared_problems(settings: Any) -> list[str]:
                 isinstance(item, (int, float))
                 and not isinstance(item, bool)
                 and (meta.get("minimum") is not None or meta.get("maximum") is not None)
-                and not (math.isfinite(item) and in_range(item, meta))
+                and (problem := range_problem(name, item, meta)) is not None
             ):
-                problems.append(f"{name}: {item!r} is outside the allowed range {range_text(meta)}")
+                problems.append(problem)
     return problems
 
 

@@ -217,8 +217,9 @@ def _convert(hint: Any, value: Any, dotted: str, field: dataclasses.Field[Any] |
         if not math.isfinite(number):
             problems.append(f"{dotted}: {value!r} is not finite")
             return _INVALID
-        if field is not None and not in_range(number, field.metadata):
-            problems.append(f"{dotted}: {value!r} is outside the allowed range {range_text(field.metadata)}")
+        problem = range_problem(dotted, value, field.metadata) if field is not None else None
+        if problem is not None:
+            problems.append(problem)
             return _INVALID
         return _check_choices(number, dotted, field, problems)
     if hint is str:
@@ -229,12 +230,19 @@ def _convert(hint: Any, value: Any, dotted: str, field: dataclasses.Field[Any] |
     return value
 
 
-def in_range(number: float, meta: Mapping[str, Any]) -> bool:
+def _in_range(number: float, meta: Mapping[str, Any]) -> bool:
     """Whether ``number`` lies in the range a :func:`setting`'s metadata allows (its minimum may be exclusive)."""
     low, high = meta.get("minimum"), meta.get("maximum")
     if low is not None and (number < low or (meta.get("exclusive_minimum") and number == low)):
         return False
     return not (high is not None and number > high)
+
+
+def range_problem(name: str, value: float, meta: Mapping[str, Any]) -> str | None:
+    """The message for a number outside a :func:`setting`'s range (NaN and infinities included), or None."""
+    if math.isfinite(value) and _in_range(value, meta):
+        return None
+    return f"{name}: {value!r} is outside the allowed range {range_text(meta)}"
 
 
 def _check_choices(value: Any, dotted: str, field: dataclasses.Field[Any] | None, problems: list[str]) -> Any:

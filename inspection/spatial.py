@@ -68,7 +68,7 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from inspection.settings import in_range, range_text, setting
+from inspection.settings import range_problem, setting
 from inspection.wafer import NOTCH_ANGLE_DEG, NOTCH_DEPTH_MM, WaferLayout
 
 __all__ = [
@@ -290,8 +290,8 @@ class SpatialSettings:
             wants_int = field.type in ("int", int)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (wants_int and value != int(value)):
                 problems.append(f"{field.name}: expected {'an integer' if wants_int else 'a number'}, got {value!r}")
-            elif not (math.isfinite(value) and in_range(value, meta)):
-                problems.append(f"{field.name}: {value!r} is outside the allowed range {range_text(meta)}")
+            elif (problem := range_problem(field.name, value, meta)) is not None:
+                problems.append(problem)
         if problems:
             raise ValueError("\n".join(problems))
 
