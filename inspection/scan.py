@@ -338,7 +338,7 @@ class ScanEngine:
             nonlocal power_after
             power_after = station.power_meter.power_w()
             if next_line is not None:
-                start_run_up(station.stage, _line_ends(next_line)[0], _line_ends(next_line)[1], motion)
+                start_run_up(station.stage, *_line_ends(next_line), motion)
                 self._run_up_started_for = int(next_line["line_index"])
 
         start_um, stop_um = _line_ends(line)
