@@ -588,35 +588,26 @@ cdef void _fill_band(const _Runs *runs, int64_t low_col, int64_t[:] lowest, int6
 
 # -- the spot's path ---------------------------------------------------------------------------------------------
 
+cdef inline Py_ssize_t _first_at_or_after(const double *t, Py_ssize_t count, double instant) noexcept nogil:
+    """The first of the ascending instants ``t`` at or after ``instant`` (NumPy's searchsorted, side="left")."""
+    cdef Py_ssize_t low = 0, high = count, middle
+    while low < high:
+        middle = (low + high) // 2
+        if t[middle] < instant:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
 cdef void _axis_path(const double *t, Py_ssize_t count, const double[:, ::1] phases, double *out) noexcept nogil:
     """Positions of one axis at ascending instants ``t``: phase ``k`` (rows ``t0, p0, v0, a``) covers the instants
     from its start to the next phase's start, the first phase also every earlier instant."""
-    cdef Py_ssize_t k, i, begin, end, low, high, middle, phase_count = phases.shape[0]
+    cdef Py_ssize_t k, i, begin, end, phase_count = phases.shape[0]
     cdef double t0, p0, v0, half_a, tau
     for k in range(phase_count):
-        # the first instant at or after this phase's start (NumPy's searchsorted, side="left")
-        if k == 0:
-            begin = 0
-        else:
-            low, high = 0, count
-            while low < high:
-                middle = (low + high) // 2
-                if t[middle] < phases[k, 0]:
-                    low = middle + 1
-                else:
-                    high = middle
-            begin = low
-        if k + 1 == phase_count:
-            end = count
-        else:
-            low, high = 0, count
-            while low < high:
-                middle = (low + high) // 2
-                if t[middle] < phases[k + 1, 0]:
-                    low = middle + 1
-                else:
-                    high = middle
-            end = low
+        begin = 0 if k == 0 else _first_at_or_after(t, count, phases[k, 0])
+        end = count if k + 1 == phase_count else _first_at_or_after(t, count, phases[k + 1, 0])
         t0, p0, v0, half_a = phases[k, 0], phases[k, 1], phases[k, 2], 0.5 * phases[k, 3]
         for i in range(begin, end):
             tau = t[i] - t0
