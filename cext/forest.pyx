@@ -61,56 +61,49 @@ cdef inline void _walk_group(
         reached[k] = node[k]
 
 
-cdef inline void _walk_with_missing(
-    const float* x,
-    const int32_t* root,
-    const int32_t* feature,
-    const float* threshold,
-    const int32_t* left,
-    const uint8_t* missing_right,
-    Py_ssize_t trees,
-    Py_ssize_t depth,
-    Py_ssize_t* reached,
-) noexcept nogil:
+ctypedef struct _Forest:
+    # forest_proba's arrays (module docstring), the fast walk's packed nodes, and the sizes every walk needs
+    const int32_t* root
+    const uint32_t* node_words
+    const int32_t* feature
+    const float* threshold
+    const int32_t* left
+    const uint8_t* missing_right
+    const int32_t* leaf
+    const double* values  # _WIDE columns when classes <= _WIDE, else classes
+    Py_ssize_t trees
+    Py_ssize_t depth
+    Py_ssize_t classes
+    bint fast  # the packed nodes are filled: rows without NaN take _walk_group
+
+
+cdef inline void _walk_with_missing(const float* x, const _Forest* forest, Py_ssize_t* reached) noexcept nogil:
     """The leaves of every tree for a row with NaN: a NaN goes where the split's ``missing_right`` says."""
     cdef Py_ssize_t t, d, node
     cdef float v
-    for t in range(trees):
-        reached[t] = root[t]
-    for d in range(depth):
-        for t in range(trees):
+    for t in range(forest.trees):
+        reached[t] = forest.root[t]
+    for d in range(forest.depth):
+        for t in range(forest.trees):
             node = reached[t]
-            v = x[feature[node]]
-            reached[t] = left[node] + ((v > threshold[node]) | ((v != v) & missing_right[node]))
+            v = x[forest.feature[node]]
+            reached[t] = forest.left[node] + (
+                (v > forest.threshold[node]) | ((v != v) & forest.missing_right[node])
+            )
 
 
 cdef void _predict_row(
-    const float* x,
-    Py_ssize_t width,
-    const int32_t* root,
-    const uint32_t* node_words,
-    const int32_t* feature,
-    const float* threshold,
-    const int32_t* left,
-    const uint8_t* missing_right,
-    const int32_t* leaf,
-    const double* values,
-    Py_ssize_t trees,
-    Py_ssize_t depth,
-    Py_ssize_t classes,
-    Py_ssize_t* reached,
-    double* out,
-    bint fast,
+    const float* x, Py_ssize_t width, const _Forest* forest, Py_ssize_t* reached, double* out
 ) noexcept nogil:
-    cdef Py_ssize_t t, c, first
+    cdef Py_ssize_t t, c, first, trees = forest.trees, classes = forest.classes
     cdef bint missing = False
     cdef double total[_WIDE]
     cdef const double* row
     for c in range(width):
         if x[c] != x[c]:
             missing = True
-    if missing or trees < _GROUP or not fast:
-        _walk_with_missing(x, root, feature, threshold, left, missing_right, trees, depth, reached)
+    if missing or trees < _GROUP or not forest.fast:
+        _walk_with_missing(x, forest, reached)
     else:
         first = 0
         while first < trees:
@@ -118,7 +111,7 @@ cdef void _predict_row(
             # twice reaches the same leaf twice
             if first + _GROUP > trees:
                 first = trees - _GROUP
-            _walk_group(x, root + first, node_words, depth, reached + first)
+            _walk_group(x, forest.root + first, forest.node_words, forest.depth, reached + first)
             first += _GROUP
     # scikit-learn's order for each class: a zero sum, then each tree's leaf value in the forest's order, then the
     # division by the number of trees
@@ -127,18 +120,18 @@ cdef void _predict_row(
         for c in range(_WIDE):
             total[c] = 0.0
         for t in range(trees):
-            row = values + leaf[reached[t]] * _WIDE
+            row = forest.values + forest.leaf[reached[t]] * _WIDE
             for c in range(_WIDE):
                 total[c] = total[c] + row[c]
         for c in range(classes):
             out[c] = total[c] / <double>trees
     else:
         for t in range(trees):
-            reached[t] = leaf[reached[t]] * classes
+            reached[t] = forest.leaf[reached[t]] * classes
         for c in range(classes):
             total[0] = 0.0
             for t in range(trees):
-                total[0] = total[0] + values[reached[t] + c]
+                total[0] = total[0] + forest.values[reached[t] + c]
             out[c] = total[0] / <double>trees
 
 
@@ -213,7 +206,6 @@ def forest_proba(
         packed_nodes[:, 0] = np.asarray(threshold).view(np.uint32)
         packed_nodes[:, 1] = (lefts.astype(np.uint32) << 8) | features.astype(np.uint32)
     cdef const uint32_t[:, ::1] words = packed_nodes
-    cdef bint fast = compact
     # up to _WIDE classes, the walk sums _WIDE columns at once: zeros beyond the classes
     wide = np.zeros((values.shape[0], _WIDE), dtype=np.float64) if classes <= _WIDE else np.asarray(values)
     if classes <= _WIDE:
@@ -222,23 +214,11 @@ def forest_proba(
     # each thread's reached leaves, one row of this array per thread (no allocation in the parallel region)
     scratch = np.zeros((threads, trees), dtype=np.intp)
     cdef Py_ssize_t[:, ::1] reached = scratch
+    cdef _Forest forest
+    forest.root, forest.node_words, forest.feature = &root[0], &words[0, 0], &feature[0]
+    forest.threshold, forest.left, forest.missing_right = &threshold[0], &left[0], &missing_right[0]
+    forest.leaf, forest.values = &leaf[0], &table[0, 0]
+    forest.trees, forest.depth, forest.classes, forest.fast = trees, depth, classes, compact
     cdef Py_ssize_t i, width = x.shape[1]
     for i in prange(rows, nogil=True, schedule="static", chunksize=4096, num_threads=threads):
-        _predict_row(
-            &x[0, 0] + i * width,
-            width,
-            &root[0],
-            &words[0, 0],
-            &feature[0],
-            &threshold[0],
-            &left[0],
-            &missing_right[0],
-            &leaf[0],
-            &table[0, 0],
-            trees,
-            depth,
-            classes,
-            &reached[threadid(), 0],
-            &out[0, 0] + i * classes,
-            fast,
-        )
+        _predict_row(&x[0, 0] + i * width, width, &forest, &reached[threadid(), 0], &out[0, 0] + i * classes)
