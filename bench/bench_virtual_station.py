@@ -76,6 +76,11 @@ def capture_render_arguments(world, x_um: np.ndarray, y_um: np.ndarray, power_w:
     return captured
 
 
+def cold(world, call: Callable[[], object]) -> Callable[[], object]:
+    """``call`` as a line over chips the world has not kept from the line before (see WaferWorld._band_chips)."""
+    return lambda: (world.forget_kept_band(), call())
+
+
 def world_parts(world, x_um: np.ndarray, y_um: np.ndarray, power_w: np.ndarray) -> dict[str, float]:
     """Median times (s) of a world's noiseless and noisy calls, and of its band and truth look-ups."""
     arguments = capture_render_arguments(world, x_um, y_um, power_w)
@@ -85,14 +90,9 @@ def world_parts(world, x_um: np.ndarray, y_um: np.ndarray, power_w: np.ndarray) 
     cols = np.repeat(np.arange(col0, col0 + counts.size), counts)
     rows = np.repeat(band_row0 - band_start[:-1], counts) + np.arange(int(band_start[-1]))
     inside = world.layout.in_box(cols, rows)
-
-    def cold(call: Callable[[], object]) -> Callable[[], object]:
-        # a line over chips the world has not kept from the line before (see WaferWorld._band_chips)
-        return lambda: (world.forget_kept_band(), call())
-
     return {
-        "clean": median_of(cold(lambda: world.pl_signal_clean_v(x_um, y_um, power_w)), 21),
-        "noisy": median_of(cold(lambda: world.pl_signal_v(x_um, y_um, power_w, x_um)), 21),
+        "clean": median_of(cold(world, lambda: world.pl_signal_clean_v(x_um, y_um, power_w)), 21),
+        "noisy": median_of(cold(world, lambda: world.pl_signal_v(x_um, y_um, power_w, x_um)), 21),
         "noisy_same_chips": median_of(lambda: world.pl_signal_v(x_um, y_um, power_w, x_um), 21),
         "band": median_of(lambda: pl_render.line_band(x_um, y_um, arguments["frame"], *geometry), 21),
         "truth": median_of(lambda: world.chip_truth(cols[inside], rows[inside]), 21),
@@ -130,7 +130,7 @@ def main() -> int:
     # what the digitizer twin computes per line: stage positions at the sample instants, laser drift, world
     sample_times_s = np.arange(SAMPLES) / 1e6
     bench.laser.setpoint_w, bench.laser.emission = 0.01, True
-    twin_s = median_of(lambda: (world.forget_kept_band(), bench.detector_signal_v(sample_times_s)), 10)
+    twin_s = median_of(cold(world, lambda: bench.detector_signal_v(sample_times_s)), 10)
 
     # end to end through a socket: stage trigger → digitizer twin → pyvisa → driver
     server = TwinServer(DMM6500Twin(bench), bench)
