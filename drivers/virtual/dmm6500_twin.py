@@ -291,27 +291,32 @@ class DMM6500Twin(InstrumentTwin):
             acquisition.aborted_count = acquisition.acquired(self.bench.now())
         self.bench.hold_busy_until(self.role, self.bench.now())
 
-    def _line_count(self) -> int:
-        """How many readings the line buffer holds (what :meth:`_line_samples` would return, without them)."""
+    def _line_span(self) -> tuple[_Acquisition, int, int] | None:
+        """The line buffer's readings as ``(acquisition, first, taken)``: the line's samples ``first .. taken - 1``
+        (defbuffer1 fills continuously: a line longer than the buffer keeps only its newest readings); None when
+        the buffer is empty."""
         acquisition = self._acquisition
         if acquisition is None or acquisition.start_s is None or self._line_buffer_cleared:
-            return 0
-        return min(acquisition.acquired(self.bench.now()), self.buffer_points)
+            return None
+        taken = acquisition.acquired(self.bench.now())
+        return acquisition, taken - min(taken, self.buffer_points), taken
+
+    def _line_count(self) -> int:
+        """How many readings the line buffer holds (what :meth:`_line_samples` would return, without them)."""
+        span = self._line_span()
+        return 0 if span is None else span[2] - span[1]
 
     def _line_samples(self) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
         """Samples in the line buffer (oldest first), and a function that gives their times relative to the first
         one (computed only for the rare reads that ask for them)."""
-        acquisition = self._acquisition
-        if acquisition is None or acquisition.start_s is None or self._line_buffer_cleared:
+        span = self._line_span()
+        if span is None:
             empty = np.empty(0, dtype=np.float64)
             return empty, lambda: empty
-        taken = acquisition.acquired(self.bench.now())
+        acquisition, first, taken = span
         samples = acquisition.cached_samples()
         if samples is None or samples.size < taken:  # mid-line: render what exists so far, without caching
             samples = self._render(acquisition.start_s, acquisition.sample_rate_hz, taken)
-        # defbuffer1 fills continuously: a line longer than the buffer keeps only its newest readings
-        kept = min(taken, self.buffer_points)
-        first = taken - kept
         rate_hz = acquisition.sample_rate_hz
         return samples[first:taken], lambda: np.arange(first, taken, dtype=np.float64) / rate_hz
 
