@@ -56,6 +56,11 @@ from concurrent.futures import ThreadPoolExecutor
 # spinning thread takes CPU from the one still working (measured: 3x the CPU time and 4x the wall time of the
 # kernel). Read when the OpenMP runtime loads, so before the kernels are imported; the pipeline should run so too.
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# OpenBLAS's idle worker likewise spins for 2^28 cycles (about 0.1 s here) after each call before it sleeps: the
+# NumPy methods' matrix products would take a core from whichever method is timed next (measured: the kernel 20-30 %
+# slower right after a product, the same as on its own with this). 2^4 cycles: it sleeps at once; NumPy's own times
+# unchanged (its 12 fields 0.93 s against 1.02 s before, within the noise). Read when NumPy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import cv2
 import numpy as np
@@ -547,7 +552,8 @@ def main() -> int:
           f"plus one pass over its accumulators ({floor * samples:.3f} s)")  # fmt: skip
     load_after = os.getloadavg()[0]
     print(f"  load average {load_before:.2f} before, {load_after:.2f} after; OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY')}")  # fmt: skip
+          f"{os.environ.get('OMP_WAIT_POLICY')}, OPENBLAS_THREAD_TIMEOUT="
+          f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")  # fmt: skip
     return 0
 
 

@@ -615,11 +615,11 @@ cdef extern from *:
        reads them (a chunk's own requests would come too late for that step), and the requests are spread out,
        a few per group: as many at once filled the cache's queue of misses and was slower. Without them each
        chunk's first step waited for memory (the hardware prefetcher did not keep up): 15-20 % of the time. */
-    PLM_AVX2 void plm_prefetch(const plm_run *run, long long from, long long to, long long ahead) {
-        if (to + ahead + 16 > run->readable)
+    PLM_AVX2 void plm_prefetch(const float *values, long long limit, long long from, long long to, long long ahead) {
+        if (to > limit)
             return;
         for (long long at = from + ahead; at < to + ahead; at += 16)
-            _mm_prefetch((const char *)(run->values + at), _MM_HINT_T0);
+            _mm_prefetch((const char *)(values + at), _MM_HINT_T0);
     }
 
     /* Four cells' fields from their sums (each field four cells in one vector: see plm_sum_chunk, step 3), added to
@@ -631,36 +631,50 @@ cdef extern from *:
         int contiguous;   /* four cells' fields are four neighbouring doubles */
     } plm_fields;
 
-    PLM_AVX2 void plm_add_fields(const plm_run *run, const plm_fields *f, long long i, long long m, __m256d centre,
+    /* a run's constants for plm_add_fields, made once a chunk: d and outer_d split as plm_offset needs them */
+    typedef struct {
+        __m256d p0, d, d_hi, d_lo, outer_p0, outer_d, outer_hi, outer_lo, outer_centre, outer_offset;
+    } plm_axes;
+
+    PLM_AVX2 void plm_make_axes(const plm_run *run, plm_axes *axes) {
+        double hi, lo;
+        axes->p0 = _mm256_set1_pd(run->p0);
+        axes->d = _mm256_set1_pd(run->d);
+        plm_split(run->d, &hi, &lo);
+        axes->d_hi = _mm256_set1_pd(hi), axes->d_lo = _mm256_set1_pd(lo);
+        axes->outer_p0 = _mm256_set1_pd(run->outer_p0);
+        axes->outer_d = _mm256_set1_pd(run->outer_d);
+        plm_split(run->outer_d, &hi, &lo);
+        axes->outer_hi = _mm256_set1_pd(hi), axes->outer_lo = _mm256_set1_pd(lo);
+        axes->outer_centre = _mm256_set1_pd(run->outer_centre);
+        axes->outer_offset = _mm256_set1_pd(run->outer_offset);
+    }
+
+    PLM_AVX2 void plm_add_fields(const plm_run *run, const plm_axes *axes, const plm_fields *f, long long i,
+                                 long long m, __m256d centre,
                                  __m256d street, __m256d foot, __m256d core, __m256d moment, __m256d top,
                                  __m256d s, __m256d e, __m256d a, __m256d b, __m256d ca, __m256d cb,
                                  __m256d anchor) {
-        const __m256d d = _mm256_set1_pd(run->d), outer_d = _mm256_set1_pd(run->outer_d);
+        const __m256d d = axes->d;
         const __m256d half = _mm256_set1_pd(0.5), one = _mm256_set1_pd(1.0);
-        double split[4];
-        plm_split(run->d, &split[0], &split[1]);
-        plm_split(run->outer_d, &split[2], &split[3]);
         __m256d n = _mm256_sub_pd(b, a);
         /* Σ (j - anchor) over the footprint's samples j: n·(a - anchor) + n(n-1)/2 */
         __m256d index_sum = _mm256_add_pd(_mm256_mul_pd(n, _mm256_sub_pd(a, anchor)),
                                           _mm256_mul_pd(_mm256_mul_pd(half, n), _mm256_sub_pd(n, one)));
         /* the anchor sample's offset from the centre */
-        __m256d u0 = plm_offset(_mm256_set1_pd(run->p0), anchor, _mm256_set1_pd(split[0]), _mm256_set1_pd(split[1]),
-                                centre);
+        __m256d u0 = plm_offset(axes->p0, anchor, axes->d_hi, axes->d_lo, centre);
         __m256d cores = _mm256_sub_pd(cb, ca);
         __m256d streets = _mm256_sub_pd(_mm256_sub_pd(e, s), n);
         __m256d isum = _mm256_add_pd(_mm256_mul_pd(n, u0), _mm256_mul_pd(d, index_sum));
         __m256d imoment = _mm256_add_pd(_mm256_mul_pd(u0, foot), _mm256_mul_pd(d, moment));
         __m256d osum, omoment;
         if (run->outer_constant) {
-            const __m256d outer_offset = _mm256_set1_pd(run->outer_offset);
-            osum = _mm256_mul_pd(outer_offset, n);
-            omoment = _mm256_mul_pd(outer_offset, foot);
+            osum = _mm256_mul_pd(axes->outer_offset, n);
+            omoment = _mm256_mul_pd(axes->outer_offset, foot);
         } else {
-            __m256d v0 = plm_offset(_mm256_set1_pd(run->outer_p0), anchor, _mm256_set1_pd(split[2]),
-                                    _mm256_set1_pd(split[3]), _mm256_set1_pd(run->outer_centre));
-            osum = _mm256_add_pd(_mm256_mul_pd(n, v0), _mm256_mul_pd(outer_d, index_sum));
-            omoment = _mm256_add_pd(_mm256_mul_pd(v0, foot), _mm256_mul_pd(outer_d, moment));
+            __m256d v0 = plm_offset(axes->outer_p0, anchor, axes->outer_hi, axes->outer_lo, axes->outer_centre);
+            osum = _mm256_add_pd(_mm256_mul_pd(n, v0), _mm256_mul_pd(axes->outer_d, index_sum));
+            omoment = _mm256_add_pd(_mm256_mul_pd(v0, foot), _mm256_mul_pd(axes->outer_d, moment));
         }
         if (f->contiguous && i + 4 <= m) {
             long long at = i;
@@ -765,6 +779,7 @@ cdef extern from *:
         const long long last = (long long)bound[m];
         /* samples are asked for one and a half chunks ahead (see plm_prefetch) */
         const long long ahead = (last - k) * 3 / 2;
+        const long long limit = run->readable - ahead - 16; /* samples asked for end before the array's end */
         for (i = m + 1; i <= m + 4; i++)
             bound[i] = bound[m];
         /* (short cells are read 12 samples from their first, the empty cells that fill the last four included;
@@ -781,15 +796,47 @@ cdef extern from *:
                 return 0;
             double *const n_street = chip0 + PLM_N_STREET * fs, *const sum_street = chip0 + PLM_SUM_STREET * fs;
             const __m256d below = _mm256_set1_pd((double)run->below), cells_done = _mm256_set1_pd((double)m);
+            /* cells of 8 to 12 samples (all of them, the usual case): each cell's first sample from k, and the
+               offset of its extent's range mask in plm_masks, as for short cells below */
+            const __m256d vk = _mm256_set1_pd((double)k), longest = _mm256_set1_pd((double)PLM_SHORT);
+            const __m256d shortest = _mm256_set1_pd((double)(PLM_SHORT - 4));
+            __m256d not_short = zero;
             for (i = 0; i < m; i += 4) {
-                plm_prefetch(run, (long long)bound[i], (long long)bound[i + 4], ahead);
+                __m256d s = _mm256_load_pd(bound + i), length = _mm256_sub_pd(_mm256_loadu_pd(bound + i + 1), s);
+                __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
+                not_short = _mm256_or_pd(not_short, _mm256_and_pd(real, _mm256_or_pd(
+                    _mm256_cmp_pd(length, longest, _CMP_GT_OQ), _mm256_cmp_pd(length, shortest, _CMP_LT_OQ))));
+                _mm_store_si128((__m128i *)(first + i), _mm256_cvttpd_epi32(_mm256_sub_pd(s, vk)));
+                _mm_store_si128((__m128i *)(cell_at + i),
+                                _mm256_cvttpd_epi32(_mm256_mul_pd(_mm256_min_pd(length, longest), longest)));
+            }
+            const int straight = !_mm256_movemask_pd(not_short);
+            for (i = 0; i < m; i += 4) {
+                plm_prefetch(values, limit, (long long)bound[i], (long long)bound[i + 4], ahead);
                 /* (cells past the last are empty: bound is bound[m] from there) */
-                __m256d high = zero;
-                __m256d street = plm_sum4(
-                    plm_run_sum(values + (long long)bound[i], bound[i + 1] - bound[i], &high),
-                    plm_run_sum(values + (long long)bound[i + 1], bound[i + 2] - bound[i + 1], &high),
-                    plm_run_sum(values + (long long)bound[i + 2], bound[i + 3] - bound[i + 2], &high),
-                    plm_run_sum(values + (long long)bound[i + 3], bound[i + 4] - bound[i + 3], &high));
+                __m256d high = zero, street;
+                if (straight) {
+                    /* the same sums as plm_run_sum's, in straight code: the last four lanes masked to the cell */
+                    __m256d cell[4];
+                    for (int l = 0; l < 4; l++) {
+                        const float *x = values + k + first[i + l];
+                        const __m256d x0 = _mm256_cvtps_pd(_mm_loadu_ps(x));
+                        const __m256d x1 = _mm256_cvtps_pd(_mm_loadu_ps(x + 4));
+                        const __m256d x2 = _mm256_and_pd(_mm256_load_pd(plm_masks + cell_at[i + l] + 8),
+                                                         _mm256_cvtps_pd(_mm_loadu_ps(x + 8)));
+                        cell[l] = _mm256_add_pd(_mm256_add_pd(x0, x1), x2);
+                        /* (the empty cells that fill the last four read samples past the chunk: not tested) */
+                        if (i + l < m)
+                            high = _mm256_max_pd(high, _mm256_max_pd(_mm256_max_pd(x0, x1), x2));
+                    }
+                    street = plm_sum4(cell[0], cell[1], cell[2], cell[3]);
+                } else {
+                    street = plm_sum4(
+                        plm_run_sum(values + (long long)bound[i], bound[i + 1] - bound[i], &high),
+                        plm_run_sum(values + (long long)bound[i + 1], bound[i + 2] - bound[i + 1], &high),
+                        plm_run_sum(values + (long long)bound[i + 2], bound[i + 3] - bound[i + 2], &high),
+                        plm_run_sum(values + (long long)bound[i + 3], bound[i + 4] - bound[i + 3], &high));
+                }
                 /* saturation as for short cells below: a sample at or above the level shows in `high`, a NaN or
                    infinite one makes its cell's sum not finite; four cells with one go the slow way, with the rest */
                 __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
@@ -798,6 +845,7 @@ cdef extern from *:
                     if (i == 0)
                         return 0;
                     *next = (long long)bound[i];
+                    *short_cells = straight;
                     return i;
                 }
                 __m256d count = _mm256_sub_pd(_mm256_loadu_pd(bound + i + 1), _mm256_load_pd(bound + i));
@@ -820,6 +868,7 @@ cdef extern from *:
                 }
             }
             *next = last;
+            *short_cells = straight;
             return m;
         }
         /* 1 (cont.). where it enters and leaves each cell's footprint and core; for short cells, the masks */
@@ -864,6 +913,8 @@ cdef extern from *:
         /* (lanes of cells past the last count too: rarely, a chunk goes the slow way for nothing) */
         if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)))
             return 0;
+        plm_axes axes;
+        plm_make_axes(run, &axes);
         plm_fields fields = {
             chip0 + PLM_N_FOOT * fs, chip0 + PLM_SUM_FOOT * fs, chip0 + PLM_MAX_FOOT * fs, chip0 + PLM_N_CORE * fs,
             chip0 + PLM_SUM_CORE * fs, chip0 + PLM_N_STREET * fs, chip0 + PLM_SUM_STREET * fs,
@@ -879,7 +930,7 @@ cdef extern from *:
                 /* two cells, their lanes added pairwise (as plm_sum4 and plm_max4 do), then the next two: fewer
                    vectors live at once than four cells' lanes */
                 __m256d pair[2][5], high = neg;
-                plm_prefetch(run, (long long)bound[i], (long long)bound[i + 4], ahead);
+                plm_prefetch(values, limit, (long long)bound[i], (long long)bound[i + 4], ahead);
                 for (int h = 0; h < 2; h++) {
                     __m256d a[5], b[5];
                     long long l = i + 2 * h;
@@ -917,8 +968,8 @@ cdef extern from *:
                     return i;
                 }
                 __m256d s = _mm256_load_pd(bound + i);
-                plm_add_fields(run, &fields, i, m, centre, _mm256_sub_pd(sum[0], sum[1]), sum[1], sum[2], sum[3],
-                               sum[4], s,
+                plm_add_fields(run, &axes, &fields, i, m, centre, _mm256_sub_pd(sum[0], sum[1]), sum[1], sum[2],
+                               sum[3], sum[4], s,
                                _mm256_loadu_pd(bound + i + 1), _mm256_load_pd(f0 + i), _mm256_load_pd(f1 + i),
                                _mm256_load_pd(c0 + i), _mm256_load_pd(c1 + i), s);
                 centre = _mm256_add_pd(centre, step4);
@@ -934,7 +985,7 @@ cdef extern from *:
         __m256d lane_moment[PLM_CHUNK + 4], lane_top[PLM_CHUNK + 4];
         for (i = 0; i < m; i++) {
             const double s = bound[i], e = bound[i + 1], a = f0[i], b = f1[i], n = b - a;
-            plm_prefetch(run, (long long)s, (long long)e, ahead);
+            plm_prefetch(values, limit, (long long)s, (long long)e, ahead);
             const float *x = values + (long long)a;
             const __m256d count = _mm256_set1_pd(n), core_from = _mm256_set1_pd(c0[i] - a);
             const __m256d core_to = _mm256_set1_pd(c1[i] - a);
@@ -966,7 +1017,7 @@ cdef extern from *:
         centre = first_centre;
         for (i = 0; i < m; i += 4) {
             __m256d a = _mm256_load_pd(f0 + i);
-            plm_add_fields(run, &fields, i, m, centre,
+            plm_add_fields(run, &axes, &fields, i, m, centre,
                            plm_sum4(lane_street[i], lane_street[i + 1], lane_street[i + 2], lane_street[i + 3]),
                            plm_sum4(lane_foot[i], lane_foot[i + 1], lane_foot[i + 2], lane_foot[i + 3]),
                            plm_sum4(lane_core[i], lane_core[i + 1], lane_core[i + 2], lane_core[i + 3]),
