@@ -609,6 +609,24 @@ cdef extern from *:
                              _mm256_blendv_pd(neg, x2, on2));
     }
 
+    /* Cells i .. i + 3 of a chunk (samples [s, e) each) as short cells: each one's first sample, from k, into
+       first[i ..], and the offset in plm_masks of its extent's range mask (lo = 0, hi = its length) into cell_at[i ..]
+       (for cells that are not short meaningless and not used). Returns the lanes of cells that are real (below
+       `cells`) and not short: fewer than PLM_SHORT - 4 samples or more than PLM_SHORT. */
+    PLM_AVX2 __m256d plm_short_extent(__m256d s, __m256d e, long long i, long long cells, long long k, int *first,
+                                      int *cell_at) {
+        const __m256d longest = _mm256_set1_pd((double)PLM_SHORT), shortest = _mm256_set1_pd((double)(PLM_SHORT - 4));
+        const __m256d lanes = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), length = _mm256_sub_pd(e, s);
+        const __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)),
+                                           _mm256_set1_pd((double)cells), _CMP_LT_OQ);
+        const __m256d outside = _mm256_or_pd(_mm256_cmp_pd(length, longest, _CMP_GT_OQ),
+                                             _mm256_cmp_pd(length, shortest, _CMP_LT_OQ));
+        _mm_store_si128((__m128i *)(first + i), _mm256_cvttpd_epi32(_mm256_sub_pd(s, _mm256_set1_pd((double)k))));
+        _mm_store_si128((__m128i *)(cell_at + i),
+                        _mm256_cvttpd_epi32(_mm256_mul_pd(_mm256_min_pd(length, longest), longest)));
+        return _mm256_and_pd(real, outside);
+    }
+
     /* Samples [from, to) + ahead asked for ahead of time, into the L1 cache, a line (16 samples) at a time. Each
        group of four cells asks for the samples `ahead` past its own: with `ahead` between one and two chunks' worth
        of samples, every sample of a chunk has been asked for by the chunks before it when the chunk's first step
@@ -799,20 +817,12 @@ cdef extern from *:
                 return 0;
             double *const n_street = chip0 + PLM_N_STREET * fs, *const sum_street = chip0 + PLM_SUM_STREET * fs;
             const __m256d below = _mm256_set1_pd((double)run->below), cells_done = _mm256_set1_pd((double)m);
-            /* cells of 8 to 12 samples (all of them, the usual case): each cell's first sample from k, and the
-               offset of its extent's range mask in plm_masks, as for short cells below */
-            const __m256d vk = _mm256_set1_pd((double)k), longest = _mm256_set1_pd((double)PLM_SHORT);
-            const __m256d shortest = _mm256_set1_pd((double)(PLM_SHORT - 4));
+            /* cells of 8 to 12 samples (all of them, the usual case) go the straight way, as short cells below */
             __m256d not_short = zero;
-            for (i = 0; i < m; i += 4) {
-                __m256d s = _mm256_load_pd(bound + i), length = _mm256_sub_pd(_mm256_loadu_pd(bound + i + 1), s);
-                __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
-                not_short = _mm256_or_pd(not_short, _mm256_and_pd(real, _mm256_or_pd(
-                    _mm256_cmp_pd(length, longest, _CMP_GT_OQ), _mm256_cmp_pd(length, shortest, _CMP_LT_OQ))));
-                _mm_store_si128((__m128i *)(first + i), _mm256_cvttpd_epi32(_mm256_sub_pd(s, vk)));
-                _mm_store_si128((__m128i *)(cell_at + i),
-                                _mm256_cvttpd_epi32(_mm256_mul_pd(_mm256_min_pd(length, longest), longest)));
-            }
+            for (i = 0; i < m; i += 4)
+                not_short = _mm256_or_pd(not_short, plm_short_extent(_mm256_load_pd(bound + i),
+                                                                     _mm256_loadu_pd(bound + i + 1), i, m, k, first,
+                                                                     cell_at));
             const int straight = !_mm256_movemask_pd(not_short);
             for (i = 0; i < m; i += 4) {
                 plm_prefetch(values, limit, (long long)bound[i], (long long)bound[i + 4], ahead);
@@ -876,8 +886,7 @@ cdef extern from *:
         }
         /* 1 (cont.). where it enters and leaves each cell's footprint and core; for short cells, the masks */
         const __m256d half_k = _mm256_set1_pd(run->half_k), core_k = _mm256_set1_pd(run->core_k);
-        const __m256d vk = _mm256_set1_pd((double)k), longest = _mm256_set1_pd((double)PLM_SHORT);
-        const __m256d shortest = _mm256_set1_pd((double)(PLM_SHORT - 4)), cells_done = _mm256_set1_pd((double)m);
+        const __m256d cells_done = _mm256_set1_pd((double)m);
         const __m256d row = _mm256_set1_pd((double)PLM_MASK_ROW), width = _mm256_set1_pd((double)PLM_SHORT);
         __m256d not_short = zero; /* a cell of the chunk is shorter than 8 samples or longer than 12 */
         centre = first_centre;
@@ -897,20 +906,13 @@ cdef extern from *:
             _mm256_store_pd(c1 + i, cb);
             /* short cells (8 to 12 samples): the masks' offsets, (lo·13 + hi)·12 with lo and hi from the cell's first
                sample (exact in doubles; for longer cells meaningless and not used) */
-            __m256d length = _mm256_sub_pd(e, s);
-            __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
-            __m256d outside = _mm256_or_pd(_mm256_cmp_pd(length, longest, _CMP_GT_OQ),
-                                           _mm256_cmp_pd(length, shortest, _CMP_LT_OQ));
-            not_short = _mm256_or_pd(not_short, _mm256_and_pd(real, outside));
+            not_short = _mm256_or_pd(not_short, plm_short_extent(s, e, i, m, k, first, cell_at));
             __m256d foot = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(a, s), row),
                                          _mm256_mul_pd(_mm256_sub_pd(b, s), width));
             __m256d core = _mm256_add_pd(_mm256_mul_pd(_mm256_sub_pd(ca, s), row),
                                          _mm256_mul_pd(_mm256_sub_pd(cb, s), width));
-            _mm_store_si128((__m128i *)(first + i), _mm256_cvttpd_epi32(_mm256_sub_pd(s, vk)));
             _mm_store_si128((__m128i *)(foot_at + i), _mm256_cvttpd_epi32(foot));
             _mm_store_si128((__m128i *)(core_at + i), _mm256_cvttpd_epi32(core));
-            __m256d extent = _mm256_mul_pd(_mm256_min_pd(length, longest), width); /* lo = 0, hi = the length */
-            _mm_store_si128((__m128i *)(cell_at + i), _mm256_cvttpd_epi32(extent));
             centre = _mm256_add_pd(centre, step4);
         }
         /* (lanes of cells past the last count too: rarely, a chunk goes the slow way for nothing) */
