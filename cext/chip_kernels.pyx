@@ -497,7 +497,7 @@ cdef extern from *:
 
     /* x[0, length) summed in four lanes of doubles (lane l: x[l] + x[l + 4] + ..., in that order), ready for
        plm_sum4, and the lanes' maxima over those samples (and 0) taken into *high, for the saturation test (see
-       plm_sum_chunk). Reads up to 3 samples past the end (masked out, whatever they hold). */
+       plm_has_odd). Reads up to 3 samples past the end (masked out, whatever they hold). */
     PLM_AVX2 __m256d plm_run_sum(const float *x, double length, __m256d *high) {
         const __m256d end = _mm256_set1_pd(length), four = _mm256_set1_pd(4.0);
         const __m256d index0 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), index1 = _mm256_set_pd(7.0, 6.0, 5.0, 4.0);
@@ -585,7 +585,7 @@ cdef extern from *:
        added, where masking the street out would take six instructions a cell), footprint (sum, Σ j·x over its
        samples j, maximum) and core, with the range masks. The cell has 8 to 12 samples: only the last four lanes need
        its extent. `high`: the lanes' maxima over the cell's samples (and 0), for the saturation test (see
-       plm_sum_chunk). Reads 12 samples. The products j·x are exact (x a float, j < 16), so a fused multiply-add
+       plm_has_odd). Reads 12 samples. The products j·x are exact (x a float, j < 16), so a fused multiply-add
        gives the same double as the multiply and add it replaces. */
     PLM_AVX2 void plm_short_cell(const float *x, const double *foot_mask, const double *core_mask,
                                  const double *cell_mask, __m256d *cell, __m256d *foot, __m256d *core,
@@ -609,6 +609,22 @@ cdef extern from *:
                              _mm256_blendv_pd(neg, x2, on2));
     }
 
+    /* The lanes of cells i .. i + 3 that are real: below `cells` (not the empty cells that fill the last four) */
+    PLM_AVX2 __m256d plm_real(long long i, long long cells) {
+        return _mm256_cmp_pd(_mm256_add_pd(_mm256_set_pd(3.0, 2.0, 1.0, 0.0), _mm256_set1_pd((double)i)),
+                             _mm256_set1_pd((double)cells), _CMP_LT_OQ);
+    }
+
+    /* Whether real cells among i .. i + 3 (of `cells`) have a sample that is not plain, from their sums `total` and
+       their lanes' maxima `high`: a sample at or above the level makes `high` reach `below`, a NaN or infinite one
+       its cell's sum not finite (x - x is then not 0). Saturation tested so, on what the sums make anyway, rather
+       than by a pass over the chunk's samples first. */
+    PLM_AVX2 int plm_has_odd(__m256d total, __m256d high, __m256d below, long long i, long long cells) {
+        const __m256d odd = _mm256_and_pd(plm_real(i, cells), _mm256_cmp_pd(_mm256_sub_pd(total, total),
+                                                                           _mm256_setzero_pd(), _CMP_NEQ_UQ));
+        return _mm256_movemask_pd(_mm256_or_pd(odd, _mm256_cmp_pd(high, below, _CMP_GE_OQ)));
+    }
+
     /* Cells i .. i + 3 of a chunk (samples [s, e) each) as short cells: each one's first sample, from k, into
        first[i ..], and the offset in plm_masks of its extent's range mask (lo = 0, hi = its length) into cell_at[i ..]
        (for cells that are not short meaningless and not used). Returns the lanes of cells that are real (below
@@ -616,15 +632,13 @@ cdef extern from *:
     PLM_AVX2 __m256d plm_short_extent(__m256d s, __m256d e, long long i, long long cells, long long k, int *first,
                                       int *cell_at) {
         const __m256d longest = _mm256_set1_pd((double)PLM_SHORT), shortest = _mm256_set1_pd((double)(PLM_SHORT - 4));
-        const __m256d lanes = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), length = _mm256_sub_pd(e, s);
-        const __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)),
-                                           _mm256_set1_pd((double)cells), _CMP_LT_OQ);
+        const __m256d length = _mm256_sub_pd(e, s);
         const __m256d outside = _mm256_or_pd(_mm256_cmp_pd(length, longest, _CMP_GT_OQ),
                                              _mm256_cmp_pd(length, shortest, _CMP_LT_OQ));
         _mm_store_si128((__m128i *)(first + i), _mm256_cvttpd_epi32(_mm256_sub_pd(s, _mm256_set1_pd((double)k))));
         _mm_store_si128((__m128i *)(cell_at + i),
                         _mm256_cvttpd_epi32(_mm256_mul_pd(_mm256_min_pd(length, longest), longest)));
-        return _mm256_and_pd(real, outside);
+        return _mm256_and_pd(plm_real(i, cells), outside);
     }
 
     /* Samples [from, to) + ahead asked for ahead of time, into the L1 cache, a line (16 samples) at a time. Each
@@ -816,7 +830,7 @@ cdef extern from *:
             if (_mm256_movemask_pd(_mm256_cmp_pd(near, sure, _CMP_GE_OQ)))
                 return 0;
             double *const n_street = chip0 + PLM_N_STREET * fs, *const sum_street = chip0 + PLM_SUM_STREET * fs;
-            const __m256d below = _mm256_set1_pd((double)run->below), cells_done = _mm256_set1_pd((double)m);
+            const __m256d below = _mm256_set1_pd((double)run->below);
             /* cells of 8 to 12 samples (all of them, the usual case) go the straight way, as short cells below */
             __m256d not_short = zero;
             for (i = 0; i < m; i += 4)
@@ -850,11 +864,8 @@ cdef extern from *:
                         plm_run_sum(values + (long long)bound[i + 2], bound[i + 3] - bound[i + 2], &high),
                         plm_run_sum(values + (long long)bound[i + 3], bound[i + 4] - bound[i + 3], &high));
                 }
-                /* saturation as for short cells below: a sample at or above the level shows in `high`, a NaN or
-                   infinite one makes its cell's sum not finite; four cells with one go the slow way, with the rest */
-                __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
-                __m256d odd = _mm256_and_pd(real, _mm256_cmp_pd(_mm256_sub_pd(street, street), zero, _CMP_NEQ_UQ));
-                if (_mm256_movemask_pd(_mm256_or_pd(odd, _mm256_cmp_pd(high, below, _CMP_GE_OQ)))) {
+                /* four cells with a saturated sample go the slow way, with the rest of the chunk */
+                if (plm_has_odd(street, high, below, i, m)) {
                     if (i == 0)
                         return 0;
                     *next = (long long)bound[i];
@@ -886,7 +897,6 @@ cdef extern from *:
         }
         /* 1 (cont.). where it enters and leaves each cell's footprint and core; for short cells, the masks */
         const __m256d half_k = _mm256_set1_pd(run->half_k), core_k = _mm256_set1_pd(run->core_k);
-        const __m256d cells_done = _mm256_set1_pd((double)m);
         const __m256d row = _mm256_set1_pd((double)PLM_MASK_ROW), width = _mm256_set1_pd((double)PLM_SHORT);
         __m256d not_short = zero; /* a cell of the chunk is shorter than 8 samples or longer than 12 */
         centre = first_centre;
@@ -959,13 +969,9 @@ cdef extern from *:
                                            _mm256_permute2f128_pd(pair[0][q], pair[1][q], 0x31));
                 sum[4] = _mm256_max_pd(_mm256_permute2f128_pd(pair[0][4], pair[1][4], 0x20),
                                        _mm256_permute2f128_pd(pair[0][4], pair[1][4], 0x31));
-                /* Saturation, tested here rather than by a pass over the chunk's samples first: a sample at or above
-                   the level makes its cell's `high` reach it, a NaN or infinite one its cell's sum not finite (x - x
-                   is then not 0). Four cells with one go the slow way, with the rest of the chunk: nothing of them
-                   has been added yet. */
-                __m256d real = _mm256_cmp_pd(_mm256_add_pd(lanes, _mm256_set1_pd((double)i)), cells_done, _CMP_LT_OQ);
-                __m256d odd = _mm256_and_pd(real, _mm256_cmp_pd(_mm256_sub_pd(sum[0], sum[0]), zero, _CMP_NEQ_UQ));
-                if (_mm256_movemask_pd(_mm256_or_pd(odd, _mm256_cmp_pd(high, below, _CMP_GE_OQ)))) {
+                /* four cells with a saturated sample go the slow way, with the rest of the chunk: nothing of them
+                   has been added yet */
+                if (plm_has_odd(sum[0], high, below, i, m)) {
                     if (i == 0)
                         return 0;
                     *next = (long long)bound[i];
