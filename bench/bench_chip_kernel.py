@@ -159,7 +159,7 @@ def kernel_run(image: np.ndarray, acc: dict[int, np.ndarray], *, init_only: bool
             reset(band)
             continue
         kernels.accumulate_lines(*band_arguments(image, first, band))
-        footprint_sum[first:last] = acc[last - first][kernels.SUM_FOOT]
+        footprint_sum[first:last] = band[kernels.SUM_FOOT]
     return footprint_sum
 
 
@@ -277,9 +277,8 @@ def periodic_fields(image: np.ndarray, first_row: int, last_row: int, out: np.nd
     float64 copy stays in the cache for its product: 2x faster than the band as one stacked product); the counts
     follow from the weights when no sample is saturated (as here; otherwise from the plain samples); the maxima are
     taken a phase at a time (a strided maximum over the samples' axis measured 7x slower); the lines are added to
-    their chip rows a few at once (lines of distinct rows; slices, not copies, where
-    evenly spaced). Returns ``out`` ((FIELD_COUNT, rows, COLS)
-    float64), filled."""
+    their chip rows a few at once (lines of distinct rows; slices, not copies, where evenly spaced). Returns ``out``
+    ((FIELD_COUNT, rows, COLS) float64), filled."""
     row = ROW0 + np.arange(LINES) * DROW
     row_of_line = np.floor(row + 0.5)
     lines = np.flatnonzero((row_of_line >= first_row) & (row_of_line < last_row))
